@@ -1,0 +1,600 @@
+"""Plumbing shared by the GAN scripts: command line, data, devices, run folders, checkpoints, metrics
+and image grids. Nothing about models, losses or update rules lives here; each script owns those.
+
+Images leave this module as float tensors in [-1, 1] (the range of a Tanh generator), shaped
+N x C x H x W, with integer class labels where the data set has them.
+"""
+
+import argparse
+import contextlib
+import csv
+import datetime
+import json
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+# What each --dataset means when the user gives no --img_size / --channels / --n_epochs /
+# --sample_interval: sizes that suit the data, and a schedule that fits its length.
+DATASET_DEFAULTS = {
+    "digits": dict(img_size=32, channels=1, n_epochs=30, sample_interval=100),
+    "mnist": dict(img_size=32, channels=1, n_epochs=20, sample_interval=500),
+    "fashion": dict(img_size=32, channels=1, n_epochs=20, sample_interval=500),
+    "cifar10": dict(img_size=32, channels=3, n_epochs=30, sample_interval=500),
+    "anime": dict(img_size=64, channels=3, n_epochs=25, sample_interval=500),
+    "folder": dict(img_size=64, channels=3, n_epochs=25, sample_interval=500),
+}
+DATASETS = tuple(DATASET_DEFAULTS)
+
+# Data sets whose decoded pixels fit in this many bytes are held in memory (on the GPU when there is
+# one) and batched from there; larger folders stream from disk through DataLoader workers.
+IN_MEMORY_LIMIT = 4 * 2**30
+
+ANIME_HELP = (
+    "download the Kaggle 'Anime Face Dataset' (about 63k face crops, e.g. "
+    "https://www.kaggle.com/datasets/splcher/animefacedataset) and unpack its images there "
+    "(any nesting), or use --dataset folder --data_root DIR for faces you already have"
+)
+
+
+class UsageError(Exception):
+    """A problem the user can fix (bad flag, missing data...): reported as one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and the per-data-set and --resume defaults."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """Defaults come from, weakest first: the flag's default, DATASET_DEFAULTS for --dataset,
+        the checkpoint's own arguments for --resume; flags given on the command line always win."""
+        opt = super().parse_args(args, namespace)
+        defaults = dict(DATASET_DEFAULTS[opt.dataset])
+        if getattr(opt, "resume", None):
+            try:
+                saved = load_checkpoint(opt.resume)["args"]
+            except UsageError as error:
+                self.error(str(error))
+            known = {action.dest for action in self._actions}
+            defaults.update({k: v for k, v in saved.items() if k in known and k != "resume"})
+        self.set_defaults(**defaults)
+        return super().parse_args(args, namespace)
+
+
+def _number(kind, low, low_inclusive, high=None):
+    """An argparse type: a number of `kind` above `low` (and below `high`), with a clear message."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
+        if value != value or (value < low if low_inclusive else value <= low) or (high is not None and value >= high):
+            bound = f">= {low}" if low_inclusive else f"> {low}"
+            if high is not None:
+                bound += f" and < {high}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {bound}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 0, False)
+nonnegative_int = _number(int, 0, True)
+positive_float = _number(float, 0.0, False)
+nonnegative_float = _number(float, 0.0, True)
+adam_beta = _number(float, 0.0, True, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Device, seeding, random state
+# --------------------------------------------------------------------------------------------------
+def get_device(name="auto"):
+    """'auto' picks CUDA, then Apple's MPS, then the CPU; an explicit choice must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA and MPS generators too
+
+
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+class ImageData:
+    """A data set at training size: either `images` (uint8, N x C x H x W, in memory) or `files`
+    (paths decoded on the fly), plus `labels` (int64, N) or None, and the class names."""
+
+    def __init__(self, name, images=None, files=None, labels=None, classes=(), img_size=None, channels=None):
+        self.name, self.images, self.files, self.labels = name, images, files, labels
+        self.classes = list(classes)
+        self.img_size, self.channels = img_size, channels
+
+    def __len__(self):
+        return len(self.images) if self.images is not None else len(self.files)
+
+    @property
+    def n_classes(self):
+        return len(self.classes)
+
+
+def load_images(dataset, data_root, img_size, channels):
+    """Load --dataset at img_size x img_size with `channels` channels, as an ImageData."""
+    root = Path(data_root).expanduser()
+    if dataset == "digits":
+        return _load_digits(img_size, channels)
+    if dataset in ("mnist", "fashion", "cifar10"):
+        return _load_torchvision(dataset, root, img_size, channels)
+    if dataset == "anime":
+        folder = root / "anime"
+        if not folder.is_dir() or not _image_files(folder):
+            raise UsageError(f"no anime face images in {folder}: {ANIME_HELP}")
+        return _load_folder(folder, img_size, channels, labelled=False, name="anime")
+    if dataset == "folder":
+        if not root.exists():
+            raise UsageError(f"--data_root {root} does not exist: point it at a folder of images")
+        if not root.is_dir():
+            raise UsageError(f"--data_root {root} is a file, not a folder: point it at the folder that holds the images")
+        return _load_folder(root, img_size, channels, labelled=None, name=root.name)
+    raise UsageError(f"unknown data set {dataset!r}: choose one of {', '.join(DATASETS)}")
+
+
+def _resize(images, img_size):
+    """uint8 N x C x h x w -> uint8 N x C x img_size x img_size (antialiased, in chunks to bound memory)."""
+    if images.shape[-1] == img_size and images.shape[-2] == img_size:
+        return images.contiguous()
+    out = []
+    for chunk in images.split(4096):
+        resized = F.interpolate(chunk.float(), size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(resized.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _set_channels(images, channels):
+    """uint8 N x c x H x W with c in (1, 3) -> `channels` channels (grey is ITU-R 601 luma)."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _load_digits(img_size, channels):
+    """The 1,797 8x8 handwritten digits bundled with scikit-learn: no download needed."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = torch.from_numpy(digits.images).float().mul(255.0 / 16.0).round().to(torch.uint8)  # values are 0..16
+    images = _set_channels(_resize(pixels.unsqueeze(1), img_size), channels)
+    labels = torch.from_numpy(digits.target).long()
+    return ImageData("digits", images=images, labels=labels, classes=[str(d) for d in range(10)], img_size=img_size, channels=channels)
+
+
+def _load_torchvision(dataset, root, img_size, channels):
+    """MNIST, Fashion-MNIST or CIFAR-10 through torchvision: downloaded into `root` when online,
+    loaded from the files when they are already there."""
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}[dataset]
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--data_root {root} is a file: pass the folder that holds (or will hold) {cls.__name__}")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # torchvision prints download progress on stdout
+            data = cls(str(root), train=True, download=True)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a failed checksum is a RuntimeError
+        raise UsageError(
+            f"could not load or download {cls.__name__} into {root} ({_first_line(error)}): when offline, "
+            f"copy its files there first (torchvision's layout, e.g. {root / cls.__name__ / 'raw'}) or pass --data_root"
+        )
+    pixels = torch.as_tensor(np.asarray(data.data))
+    pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)  # grey N x H x W / RGB N x H x W x C
+    images = _set_channels(_resize(pixels, img_size), channels)
+    labels = torch.as_tensor(np.asarray(data.targets)).long()
+    return ImageData(dataset, images=images, labels=labels, classes=data.classes, img_size=img_size, channels=channels)
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _image_files(folder):
+    """All image files below `folder`, sorted, skipping hidden files and folders."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        parts = path.relative_to(folder).parts
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not any(p.startswith(".") for p in parts) and path.is_file():
+            files.append(path)
+    return files
+
+
+def _load_folder(folder, img_size, channels, labelled, name):
+    """A folder of images. With class sub-folders (torchvision's ImageFolder layout) and no images
+    beside them, each sub-folder is a class; otherwise every image below is one unlabelled class."""
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if labelled is None:
+        labelled = bool(subfolders) and not loose
+    if labelled:
+        classes, files, labels = [], [], []
+        for sub in subfolders:
+            found = _image_files(sub)
+            if not found:
+                raise UsageError(f"class folder {sub} holds no images: add images to it or remove it")
+            labels += [len(classes)] * len(found)
+            classes.append(sub.name)
+            files += found
+    else:
+        classes, files, labels = [], _image_files(folder), None
+    if not files:
+        raise UsageError(
+            f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))} files, any nesting): "
+            "put images there or point --data_root at the folder that has them"
+        )
+    labels = torch.tensor(labels) if labels is not None else None
+    data = ImageData(name, files=files, labels=labels, classes=classes, img_size=img_size, channels=channels)
+    if len(files) * channels * img_size * img_size <= IN_MEMORY_LIMIT:
+        _decode_into_memory(data)
+    return data
+
+
+def open_image(path, img_size, channels):
+    """Decode one file to uint8 C x img_size x img_size: converted to grey or RGB (alpha composited
+    onto white, palettes expanded, 16-bit scaled), shorter side resized, then center-cropped."""
+    with Image.open(path) as img:
+        img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits before converting
+        array = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray((array * 255.0 / max(array.max(), 1.0)).round().astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img.alpha_composite(rgba)
+    img = img.convert("L" if channels == 1 else "RGB")
+    width, height = img.size
+    scale = img_size / min(width, height)
+    new_w, new_h = max(img_size, round(width * scale)), max(img_size, round(height * scale))
+    img = img.resize((new_w, new_h), Image.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - img_size) // 2, (new_h - img_size) // 2
+    img = img.crop((left, top, left + img_size, top + img_size))
+    array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).view(img_size, img_size, channels).permute(2, 0, 1)
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    """Decodes files on the fly into (index, image); an unreadable file gives (index, error text)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data.files)
+
+    def __getitem__(self, index):
+        try:
+            return index, open_image(self.data.files[index], self.data.img_size, self.data.channels)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+            return index, f"{self.data.files[index]}: {_first_line(error)}"
+
+
+def _decode_into_memory(data):
+    """Decode every file once into one uint8 tensor, in parallel for large folders, skipping (and
+    counting) files that cannot be read."""
+    workers = min(os.cpu_count() or 1, 8) if len(data.files) > 2000 else 0
+    loader = torch.utils.data.DataLoader(_FileDataset(data), batch_size=256, num_workers=workers, collate_fn=list)
+    images, keep, bad = [], [], []
+    for batch in loader:
+        for index, item in batch:
+            if isinstance(item, str):
+                bad.append(item)
+            else:
+                images.append(item)
+                keep.append(index)
+    if not images:
+        raise UsageError(f"none of the {len(bad)} image files under {data.files[0].parent} could be read (first: {bad[0]}): replace them with valid images")
+    if bad:
+        print(f"warning: skipped {len(bad)} unreadable image file(s) of {len(data.files)}; first: {bad[0]}", file=sys.stderr)
+        data.files = [data.files[i] for i in keep]
+        data.labels = data.labels[keep] if data.labels is not None else None
+    data.images = torch.stack(images)
+
+
+class Batches:
+    """Shuffled batches of (images in [-1, 1] on `device`, labels or None), one pass per epoch.
+
+    The order of epoch e depends only on (seed, e), so a run resumed in the middle of an epoch
+    sees exactly the batches it would have seen. Incomplete last batches are dropped (BatchNorm
+    statistics of a handful of images are noise)."""
+
+    def __init__(self, data, batch_size, device, seed, n_workers=0):
+        if batch_size > len(data):
+            raise UsageError(f"--batch_size {batch_size} is larger than the {len(data)} images of {data.name}: pass --batch_size {len(data)} or less")
+        self.data, self.batch_size, self.device, self.seed = data, batch_size, device, seed
+        self.labels = data.labels.to(device) if data.labels is not None else None
+        if data.images is not None:
+            # Small data lives on the training device, so a batch is one index operation.
+            self.images = data.images.to(device)
+        else:
+            self.images = None
+            self.sampler = _ListSampler()
+            self.loader = torch.utils.data.DataLoader(
+                _StreamDataset(data), batch_size=batch_size, sampler=self.sampler, drop_last=True,
+                num_workers=n_workers, pin_memory=device.type == "cuda", persistent_workers=n_workers > 0,
+            )
+
+    def __len__(self):
+        return len(self.data) // self.batch_size
+
+    def epoch(self, epoch, skip=0):
+        """The batches of `epoch`, starting after the first `skip` of them."""
+        generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        order = torch.randperm(len(self.data), generator=generator)[: len(self) * self.batch_size]
+        order = order[skip * self.batch_size:]
+        if self.images is not None:
+            order = order.to(self.device)
+            for indices in order.split(self.batch_size):
+                yield self._to_float(self.images[indices]), self.labels[indices] if self.labels is not None else None
+        else:
+            self.sampler.indices = order.tolist()
+            for images, indices in self.loader:
+                images = self._to_float(images.to(self.device, non_blocking=True))
+                yield images, self.labels[indices.to(self.device)] if self.labels is not None else None
+
+    @staticmethod
+    def _to_float(images):
+        return images.float().div_(127.5).sub_(1.0)
+
+
+class _ListSampler(torch.utils.data.Sampler):
+    def __init__(self):
+        self.indices = []
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class _StreamDataset(_FileDataset):
+    """A large folder read from disk: an unreadable file is replaced by the next readable one, with a warning."""
+
+    def __getitem__(self, index):
+        for offset in range(len(self)):
+            used, item = super().__getitem__((index + offset) % len(self))
+            if not isinstance(item, str):
+                return item, used
+            print(f"warning: skipped unreadable {item}", file=sys.stderr)
+        raise UsageError(f"no image under {self.data.files[0].parent} could be read")
+
+
+# --------------------------------------------------------------------------------------------------
+# Run folder, metrics, checkpoints, image grids
+# --------------------------------------------------------------------------------------------------
+class Run:
+    """One run's folder: config.json, metrics.csv, samples/<step>.png and checkpoint.pt.
+
+    A new run gets runs/<script>_<dataset>_<time>/; --resume reopens the checkpoint's folder."""
+
+    def __init__(self, opt, script):
+        self.script = Path(script).stem
+        if getattr(opt, "resume", None):
+            self.dir = _checkpoint_path(opt.resume).parent
+        else:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            base = Path(opt.out) / f"{self.script}_{opt.dataset}_{stamp}"
+            self.dir, n = base, 1
+            while self.dir.exists():
+                n += 1
+                self.dir = base.with_name(f"{base.name}-{n}")
+        try:
+            (self.dir / "samples").mkdir(parents=True, exist_ok=True)
+            probe = self.dir / ".write-test"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as error:
+            raise UsageError(f"cannot write the run folder {self.dir} ({error.strerror}): pass --out with a writable folder")
+        self.checkpoint_path = self.dir / "checkpoint.pt"
+        self.metrics_path = self.dir / "metrics.csv"
+        config = dict(vars(opt), script=self.script, torch=torch.__version__)
+        (self.dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        self._epoch_sums, self._epoch_count, self._columns = {}, 0, None
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def resume_metrics(self, step):
+        """Drop rows written after the checkpoint at `step`, so a resumed run neither repeats nor skips rows."""
+        if not self.metrics_path.exists():
+            return
+        with open(self.metrics_path, newline="") as f:
+            rows = list(csv.reader(f))
+        if rows:
+            self._columns = rows[0]
+            kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+            with open(self.metrics_path, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+
+    def log(self, **row):
+        """Append one row (its first column is the step) to metrics.csv and add it to the epoch's means."""
+        if self._columns is None:
+            self._columns = list(row)
+            with open(self.metrics_path, "w", newline="") as f:
+                csv.writer(f).writerow(self._columns)
+        with open(self.metrics_path, "a", newline="") as f:
+            csv.writer(f).writerow([_format(row.get(c, "")) for c in self._columns])
+        for key, value in row.items():
+            if key not in ("step", "epoch", "seconds"):
+                self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + value
+        self._epoch_count += 1
+
+    def epoch_summary(self):
+        """The means of the metrics logged since the last call, as 'name value' text."""
+        count = max(self._epoch_count, 1)
+        text = "  ".join(f"{k} {v / count:.4f}" for k, v in self._epoch_sums.items())
+        self._epoch_sums, self._epoch_count = {}, 0
+        return text
+
+    # -- samples ---------------------------------------------------------------------------------
+    def save_samples(self, images, step, nrow=8):
+        """Save a grid of generator outputs (in [-1, 1]) as samples/<step>.png; returns the path."""
+        path = self.dir / "samples" / f"{step:07d}.png"
+        save_grid(images, path, nrow)
+        return path
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, objects, opt, **state):
+        """Atomically write checkpoint.pt: the state_dict of each of `objects` (nets, optimizers)
+        under its name, plus `state`, the run's arguments and every random generator's state.
+        The previous checkpoint is kept as checkpoint.prev.pt."""
+        checkpoint = {name: obj.state_dict() for name, obj in objects.items()}
+        checkpoint.update(state, args=vars(opt), script=self.script, rng=rng_state())
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if self.checkpoint_path.exists():
+                os.replace(self.checkpoint_path, self.dir / "checkpoint.prev.pt")
+            os.replace(tmp, self.checkpoint_path)
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise UsageError(f"could not save the checkpoint in {self.dir} ({error.strerror}): free some disk space, then --resume {self.dir}")
+
+    def restore(self, objects, opt, device):
+        """Load --resume into `objects` (see save_checkpoint) and the random generators; returns the
+        checkpoint dict for the caller's own state (step, epoch, fixed noise...)."""
+        checkpoint = load_checkpoint(opt.resume, device)
+        if checkpoint.get("script") != self.script:
+            raise UsageError(f"--resume {opt.resume} was written by {checkpoint.get('script')}.py, not {self.script}.py: resume it with that script")
+        saved = checkpoint["args"]
+        for key in ("dataset", "img_size", "channels", "latent_dim"):
+            if key in saved and saved[key] != getattr(opt, key, saved[key]):
+                raise UsageError(f"--resume: the checkpoint has {key}={saved[key]} but this run asks for {getattr(opt, key)}: drop --{key} or start a new run")
+        for name, obj in objects.items():
+            obj.load_state_dict(checkpoint[name])
+        set_rng_state(checkpoint["rng"])
+        self.resume_metrics(checkpoint["step"])
+        return checkpoint
+
+
+def _format(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def _checkpoint_path(path):
+    path = Path(path).expanduser()
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
+def load_checkpoint(path, device="cpu"):
+    """Read a checkpoint written by Run.save_checkpoint (a run folder or the .pt file itself)."""
+    path = _checkpoint_path(path)
+    if not path.exists():
+        raise UsageError(f"--resume {path}: no such checkpoint; pass a run folder or its checkpoint.pt")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # a truncated or foreign file can fail in many ways inside torch.load
+        previous = path.with_name("checkpoint.prev.pt")
+        hint = f"; the previous checkpoint {previous} may still be good" if previous.exists() and previous != path else ""
+        raise UsageError(f"--resume {path} is not a readable checkpoint ({_first_line(error)}){hint}")
+    if not isinstance(checkpoint, dict) or "args" not in checkpoint or "step" not in checkpoint:
+        raise UsageError(f"--resume {path} is not a checkpoint written by these scripts")
+    return checkpoint
+
+
+def save_grid(images, path, nrow=8):
+    """Save images in [-1, 1] as one PNG grid."""
+    from torchvision.utils import save_image
+
+    save_image(images.detach().float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Interrupts and errors
+# --------------------------------------------------------------------------------------------------
+class GracefulInterrupt:
+    """While active, Ctrl-C only sets `requested`, so the loop can finish its step and save a
+    checkpoint; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+@contextlib.contextmanager
+def friendly_errors():
+    """Report UsageError as one line (exit 2) and CUDA out-of-memory with a hint (exit 1), no traceback."""
+    prog = Path(sys.argv[0]).name
+    try:
+        yield
+    except UsageError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except torch.OutOfMemoryError:
+        print(f"{prog}: error: out of GPU memory: pass a smaller --batch_size (or --img_size)", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+

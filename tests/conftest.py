@@ -1,0 +1,39 @@
+"""Shared test helpers: run a script in-process on tiny settings, make image folders."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def train_script(name, out, *args):
+    """Parse `args` as the script's command line (plus --out) and train in-process; returns the Run."""
+    module = importlib.import_module(name)
+    opt = module.parse_args(["--out", str(out), *map(str, args)])
+    return module.train(opt)
+
+
+def write_images(folder, count, size=(12, 10), mode="RGB", start=0):
+    """Write `count` random images into `folder` (created), as PNG files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(start)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    for i in range(start, start + count):
+        array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+        Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode).save(folder / f"img{i:04d}.png")
+    return folder
+
+
+@pytest.fixture
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present on this machine")
+    return SHARED_DATA
