@@ -1,0 +1,267 @@
+"""common.py on data the tests make: folders, image modes, bad files, MNIST files, batching, checkpoints."""
+
+import argparse
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import common
+import dcgan
+from conftest import write_images
+
+
+def load_folder(path, img_size=8, channels=3):
+    return common.load_images("folder", path, img_size, channels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data sets
+# ----------------------------------------------------------------------------------------------
+def test_digits_are_bundled_and_scaled():
+    data = common.load_images("digits", "unused", 16, 1)
+    assert data.images.shape == (1797, 1, 16, 16) and data.images.dtype == torch.uint8
+    assert data.labels.unique().tolist() == list(range(10)) and data.n_classes == 10
+    assert data.images.max() >= 250  # the 0..16 scale is mapped onto the full 0..255 range
+    assert common.load_images("digits", "unused", 32, 3).images.shape == (1797, 3, 32, 32)
+
+
+def test_flat_folder_is_one_unlabelled_class(tmp_path):
+    write_images(tmp_path / "nested" / "deeper", 3)
+    write_images(tmp_path, 2, start=10)
+    data = load_folder(tmp_path)
+    assert len(data) == 5 and data.labels is None and data.images.shape == (5, 3, 8, 8)
+
+
+def test_class_subfolders_become_labels(tmp_path):
+    write_images(tmp_path / "cats", 2)
+    write_images(tmp_path / "dogs" / "puppies", 3, start=5)
+    data = load_folder(tmp_path)
+    assert data.classes == ["cats", "dogs"]
+    assert data.labels.tolist() == [0, 0, 1, 1, 1]
+
+
+def test_modes_are_converted_to_channels(tmp_path):
+    size = (20, 10)  # not square: resized on the short side, then center-cropped
+    Image.new("L", size, 200).save(tmp_path / "grey.png")
+    Image.new("RGBA", size, (255, 0, 0, 0)).save(tmp_path / "transparent.png")  # alpha over white
+    Image.new("RGB", size, (0, 0, 255)).convert("P").save(tmp_path / "palette.png")
+    Image.new("CMYK", size, (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    Image.fromarray(np.full((10, 20), 65535, dtype=np.uint16)).save(tmp_path / "sixteen.png")
+    rgb = load_folder(tmp_path, img_size=8, channels=3)
+    assert rgb.images.shape == (5, 3, 8, 8)
+    by_name = dict(zip((p.name for p in rgb.files), rgb.images))
+    assert by_name["transparent.png"].min() == 255  # fully transparent red becomes white, not red or black
+    assert by_name["grey.png"].unique().tolist() == [200]
+    assert by_name["sixteen.png"].min() == 255  # 16-bit white stays white
+    assert by_name["palette.png"][2].min() > 200 and by_name["palette.png"][0].max() < 50
+    grey = load_folder(tmp_path, img_size=8, channels=1)
+    assert grey.images.shape == (5, 1, 8, 8)
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path, capsys):
+    write_images(tmp_path, 3)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    data = load_folder(tmp_path)
+    assert len(data) == 3 and len(data.files) == 3
+    assert "skipped 2 unreadable image file(s) of 5" in capsys.readouterr().err
+
+
+def test_corrupt_files_keep_labels_aligned(tmp_path):
+    write_images(tmp_path / "a", 2)
+    (tmp_path / "a" / "bad.png").write_bytes(b"nope")
+    write_images(tmp_path / "b", 2, start=4)
+    data = load_folder(tmp_path)
+    assert data.labels.tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p / "missing", "does not exist"),
+        (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "is a file, not a folder"),
+        (lambda p: p, "no images in"),
+        (lambda p: (p / "notes.txt").write_text("x") and p, "no images in"),
+        (lambda p: (write_images(p / "good", 2), (p / "empty").mkdir()) and p, "class folder"),
+        (lambda p: (p / "bad.png").write_bytes(b"nope") and p, "could be read"),
+    ],
+    ids=["missing", "file", "empty", "no-images", "empty-class", "all-unreadable"],
+)
+def test_bad_folders_get_one_line_errors(tmp_path, make, message):
+    with pytest.raises(common.UsageError, match=message) as error:
+        load_folder(make(tmp_path))
+    assert "\n" not in str(error.value)
+
+
+def test_anime_folder_any_nesting(tmp_path):
+    write_images(tmp_path / "anime" / "images" / "part1", 3)
+    data = common.load_images("anime", tmp_path, 16, 3)
+    assert data.images.shape == (3, 3, 16, 16) and data.labels is None
+
+
+def write_idx(path, array, magic):
+    with gzip.open(path, "wb") if path.suffix == ".gz" else open(path, "wb") as f:
+        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape) + array.tobytes())
+
+
+def test_mnist_files_load_offline(tmp_path):
+    """torchvision's MNIST loads files already in <data_root>/MNIST/raw without touching the network."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("t10k", 5)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 2051)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8), 2049)
+    data = common.load_images("mnist", tmp_path, 32, 1)
+    assert data.images.shape == (20, 1, 32, 32) and data.labels.tolist() == [i % 10 for i in range(20)]
+
+
+def test_torchvision_data_offline_is_a_clear_error(tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(datasets.CIFAR10, "__init__", offline)
+    with pytest.raises(common.UsageError, match=r"could not load or download CIFAR10 into .*offline"):
+        common.load_images("cifar10", tmp_path, 32, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------
+def test_batches_are_reproducible_and_resumable():
+    data = common.load_images("digits", "unused", 8, 1)
+    batches = common.Batches(data, 100, torch.device("cpu"), seed=3)
+    epoch = list(batches.epoch(2))
+    assert len(epoch) == len(batches) == 17  # the incomplete last batch is dropped
+    images, labels = epoch[0]
+    assert images.dtype == torch.float32 and images.min() >= -1 and images.max() <= 1
+    assert torch.equal(images, list(batches.epoch(2))[0][0])  # same seed and epoch, same order
+    assert not torch.equal(images, list(batches.epoch(3))[0][0])
+    later = list(batches.epoch(2, skip=5))
+    assert len(later) == 12 and torch.equal(later[0][1], epoch[5][1])
+
+
+def test_streaming_gives_the_same_batches_as_memory(tmp_path, monkeypatch):
+    write_images(tmp_path / "a", 6)
+    write_images(tmp_path / "b", 6, start=6)
+    in_memory = common.Batches(load_folder(tmp_path), 4, torch.device("cpu"), seed=1)
+    monkeypatch.setattr(common, "IN_MEMORY_LIMIT", 0)
+    streamed_data = load_folder(tmp_path)
+    assert streamed_data.images is None
+    streamed = common.Batches(streamed_data, 4, torch.device("cpu"), seed=1, n_workers=0)
+    for (x1, y1), (x2, y2) in zip(in_memory.epoch(1, skip=1), streamed.epoch(1, skip=1), strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+def test_batch_larger_than_data_is_refused(tmp_path):
+    with pytest.raises(common.UsageError, match="--batch_size 8 is larger than the 3 images"):
+        common.Batches(load_folder(write_images(tmp_path, 3)), 8, torch.device("cpu"), seed=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line, device, checkpoints
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch_size", "0"], "--batch_size: 0 is out of range"),
+        (["--batch_size", "-3"], "--batch_size: -3 is out of range"),
+        (["--n_epochs", "x"], "'x' is not an integer"),
+        (["--lr", "0"], "--lr: 0 is out of range"),
+        (["--lr", "nan"], "--lr: nan is out of range"),
+        (["--b1", "1"], "--b1: 1 is out of range"),
+        (["--img_size", "30"], "--img_size: 30 cannot be made by doubling"),
+        (["--img_size", "8"], "--img_size: 8 cannot be made"),
+        (["--channels", "2"], "--channels: invalid choice"),
+        (["--dataset", "imagenet"], "--dataset: invalid choice: 'imagenet'"),
+        (["--n_critic", "0"], "--n_critic: 0 is out of range"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        dcgan.parse_args(args)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_dataset_defaults_and_explicit_flags():
+    opt = dcgan.parse_args(["--dataset", "anime"])
+    assert (opt.img_size, opt.channels) == (64, 3)
+    opt = dcgan.parse_args(["--dataset", "anime", "--img_size", "96", "--channels", "1"])
+    assert (opt.img_size, opt.channels) == (96, 1)
+    assert dcgan.parse_args([]).img_size == 32
+
+
+def test_unavailable_device_is_a_clear_error():
+    if not torch.cuda.is_available():
+        with pytest.raises(common.UsageError, match="no CUDA GPU"):
+            common.get_device("cuda")
+    assert common.get_device("cpu") == torch.device("cpu")
+
+
+def make_run(tmp_path, **overrides):
+    opt = argparse.Namespace(out=str(tmp_path), dataset="digits", resume=None, img_size=16, channels=1, latent_dim=4)
+    vars(opt).update(overrides)
+    return common.Run(opt, "dcgan.py"), opt
+
+
+def test_checkpoint_is_atomic_keeps_previous_and_restores(tmp_path):
+    run, opt = make_run(tmp_path)
+    net = torch.nn.Linear(2, 2)
+    run.save_checkpoint({"generator": net}, opt, step=1, epoch=0, batch=1)
+    run.save_checkpoint({"generator": net}, opt, step=2, epoch=0, batch=2)
+    assert torch.load(run.dir / "checkpoint.prev.pt", weights_only=False)["step"] == 1
+    assert not list(run.dir.glob("*.tmp"))
+
+    opt.resume = str(run.dir)
+    fresh = torch.nn.Linear(2, 2)
+    checkpoint = common.Run(opt, "dcgan.py").restore({"generator": fresh}, opt, "cpu")
+    assert checkpoint["step"] == 2 and torch.equal(fresh.weight, net.weight)
+
+
+def test_corrupt_checkpoint_points_to_previous(tmp_path):
+    run, opt = make_run(tmp_path)
+    run.save_checkpoint({}, opt, step=1, epoch=0, batch=1)
+    run.save_checkpoint({}, opt, step=2, epoch=0, batch=2)
+    run.checkpoint_path.write_bytes(run.checkpoint_path.read_bytes()[:100])
+    with pytest.raises(common.UsageError, match="not a readable checkpoint.*checkpoint.prev.pt may still be good"):
+        common.load_checkpoint(run.dir)
+
+
+def test_resume_mismatch_is_refused(tmp_path):
+    run, opt = make_run(tmp_path)
+    run.save_checkpoint({}, opt, step=1, epoch=0, batch=1)
+    opt.resume, opt.img_size = str(run.dir), 32
+    with pytest.raises(common.UsageError, match="img_size=16 but this run asks for 32"):
+        common.Run(opt, "dcgan.py").restore({}, opt, "cpu")
+    opt.img_size = 16
+    with pytest.raises(common.UsageError, match="written by dcgan.py, not wgan.py"):
+        common.Run(opt, "wgan.py").restore({}, opt, "cpu")
+
+
+def test_resume_of_a_non_checkpoint_exits_2(tmp_path, capsys):
+    (tmp_path / "notes.pt").write_text("hello")
+    with pytest.raises(SystemExit) as exit:
+        dcgan.parse_args(["--resume", str(tmp_path / "notes.pt")])
+    assert exit.value.code == 2 and "is not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_metrics_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    run, _ = make_run(tmp_path)
+    for step in range(1, 6):
+        run.log(step=step, epoch=1, loss=float(step), seconds=0.0)
+    run.resume_metrics(3)
+    assert run.metrics_path.read_text().splitlines() == ["step,epoch,loss,seconds", "1,1,1,0", "2,1,2,0", "3,1,3,0"]
+
+
+def test_unwritable_out_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(common.UsageError, match="cannot write the run folder"):
+        make_run(blocker)
