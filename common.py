@@ -643,25 +643,29 @@ def save_grid(images, path, nrow=8):
 # Interrupts and errors
 # --------------------------------------------------------------------------------------------------
 class GracefulInterrupt:
-    """While active, Ctrl-C only sets `requested`, so the loop can finish its step and save a
-    checkpoint; a second Ctrl-C interrupts at once."""
+    """While active, Ctrl-C (SIGINT) and SIGTERM (what `kill` and job schedulers send) only set
+    `requested`, so the loop can finish its step and save a checkpoint; a second one stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
 
     def __enter__(self):
-        self._previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, self._handle)
+        self._previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupted: finishing this step and saving a checkpoint (Ctrl-C again to quit at once)", file=sys.stderr)
+        print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint (again to stop at once)", file=sys.stderr)
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
         return False
 
 
