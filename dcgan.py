@@ -163,10 +163,11 @@ def train(opt):
 
     # The same noise for every sample grid, so the grids show how G(z) evolves for fixed z.
     fixed_z = torch.randn(64, opt.latent_dim, device=device)
-    step, epoch, batch, seconds = 0, 0, 0, 0.0
+    # d_steps runs on across epochs: the D steps of one generator step may straddle an epoch's end.
+    step, epoch, batch, d_steps, seconds = 0, 0, 0, 0, 0.0
     if opt.resume:
         checkpoint = run.restore(saved, opt, device)
-        step, epoch, batch, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["seconds"]
+        step, epoch, batch, d_steps, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"], checkpoint["seconds"]
         fixed_z = checkpoint["fixed_z"].to(device)
 
     def save_samples():
@@ -175,7 +176,7 @@ def train(opt):
             run.save_samples(generator(fixed_z), step)
 
     def save_checkpoint():
-        run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, fixed_z=fixed_z, seconds=seconds)
+        run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
 
     print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
     n_iters = opt.n_iters or float("inf")
@@ -183,7 +184,6 @@ def train(opt):
     with common.GracefulInterrupt() as interrupt:
         while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
             progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True)
-            d_steps = 0
             for real, _ in progress:
                 batch += 1
                 # ---------------------
