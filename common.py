@@ -64,16 +64,21 @@ class UsageError(Exception):
 # Command line
 # --------------------------------------------------------------------------------------------------
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and the per-data-set and --resume defaults."""
+    """argparse with one-line errors (no usage dump) and the per-data-set and --resume defaults.
+    `dataset_defaults` ({dataset: {flag: value}}) lets a script adjust DATASET_DEFAULTS for itself."""
+
+    def __init__(self, *args, dataset_defaults=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dataset_defaults = {name: {**values, **(dataset_defaults or {}).get(name, {})} for name, values in DATASET_DEFAULTS.items()}
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
     def parse_args(self, args=None, namespace=None):
-        """Defaults come from, weakest first: the flag's default, DATASET_DEFAULTS for --dataset,
+        """Defaults come from, weakest first: the flag's default, the data set's defaults,
         the checkpoint's own arguments for --resume; flags given on the command line always win."""
         opt = super().parse_args(args, namespace)
-        defaults = dict(DATASET_DEFAULTS[opt.dataset])
+        defaults = dict(self.dataset_defaults[opt.dataset])
         if getattr(opt, "resume", None):
             try:
                 saved = load_checkpoint(opt.resume)["args"]
@@ -411,22 +416,29 @@ def _decode_into_memory(data):
     """Decode every file once into one uint8 tensor, in parallel for large folders, skipping (and
     counting) files that cannot be read."""
     workers = min(os.cpu_count() or 1, 8) if len(data.files) > 2000 else 0
-    loader = torch.utils.data.DataLoader(_FileDataset(data), batch_size=256, num_workers=workers, collate_fn=list)
-    images, keep, bad = [], [], []
-    for batch in loader:
-        for index, item in batch:
-            if isinstance(item, str):
-                bad.append(item)
-            else:
-                images.append(item)
-                keep.append(index)
-    if not images:
+    loader = torch.utils.data.DataLoader(_FileDataset(data), batch_size=256, num_workers=workers, collate_fn=_stack_readable)
+    chunks, keep, bad = [], [], []
+    for images, indices, errors in loader:
+        if indices:
+            chunks.append(images)
+        keep += indices
+        bad += errors
+    if not keep:
         raise UsageError(f"none of the {len(bad)} image files under {data.files[0].parent} could be read (first: {bad[0]}): replace them with valid images")
     if bad:
         print(f"warning: skipped {len(bad)} unreadable image file(s) of {len(data.files)}; first: {bad[0]}", file=sys.stderr)
         data.files = [data.files[i] for i in keep]
         data.labels = data.labels[keep] if data.labels is not None else None
-    data.images = torch.stack(images)
+    data.images = torch.cat(chunks)
+
+
+def _stack_readable(batch):
+    """Collate (index, image or error) pairs into one tensor per batch: a worker then hands over one
+    shared-memory block per batch, not one per image (which exhausts open files on big folders)."""
+    images = [item for _, item in batch if not isinstance(item, str)]
+    indices = [index for index, item in batch if not isinstance(item, str)]
+    errors = [item for _, item in batch if isinstance(item, str)]
+    return (torch.stack(images) if images else None), indices, errors
 
 
 class Batches:

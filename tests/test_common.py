@@ -265,3 +265,21 @@ def test_unwritable_out_folder_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(common.UsageError, match="cannot write the run folder"):
         make_run(blocker)
+
+
+def test_a_script_can_adjust_its_dataset_defaults():
+    parser = common.ArgumentParser(dataset_defaults={"digits": {"n_epochs": 90}})
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--n_epochs", type=int)
+    parser.add_argument("--img_size", type=int)
+    assert parser.parse_args([]).n_epochs == 90 and parser.parse_args([]).img_size == 32
+    assert parser.parse_args(["--dataset", "mnist"]).n_epochs == common.DATASET_DEFAULTS["mnist"]["n_epochs"]
+    assert parser.parse_args(["--n_epochs", "3"]).n_epochs == 3
+
+
+def test_big_folders_decode_in_workers(tmp_path, monkeypatch):
+    """Past 2,000 files the decoding runs in worker processes; an unreadable file is still skipped."""
+    write_images(tmp_path, 2100, size=(4, 4))
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    data = load_folder(tmp_path, img_size=4)
+    assert data.images.shape == (2100, 3, 4, 4) and len(data.files) == 2100
