@@ -1,0 +1,265 @@
+"""WGAN: Wasserstein GAN with weight clipping.
+
+Paper: Arjovsky, Chintala & Bottou, "Wasserstein Generative Adversarial Networks", ICML 2017,
+arXiv:1701.07875.
+
+Objective: the Wasserstein-1 distance in its Kantorovich-Rubinstein dual form,
+    W(P_r, P_g) = max_{||D||_L <= 1}  E_x[D(x)] - E_z[D(G(z))]
+with the critic D kept K-Lipschitz by clipping every weight to [-c, c] after each update:
+    critic:     min_D  E_z[D(G(z))] - E_x[D(x)],   then  w <- clip(w, -c, c),  c = 0.01
+    generator:  min_G  -E_z[D(G(z))]
+E_x[D(x)] - E_z[D(G(z))] is then an estimate of W (up to the factor K), the quantity the paper
+shows falling as the samples improve; it is logged as W_estimate.
+
+Changes from DCGAN: the critic outputs an unbounded score (no sigmoid, no log), its weights are
+clipped, it takes 5 steps per generator step (100 for the first 25 generator steps and every 500th,
+as in the authors' code), and both nets use RMSprop with lr 5e-5, the paper's defaults.
+
+Run:
+    python wgan.py                                                   # scikit-learn digits, CPU minutes
+    python wgan.py --dataset mnist --data_root data                  # downloads MNIST into data/
+    python wgan.py --dataset folder --data_root faces/ --img_size 64
+    python wgan.py --resume runs/wgan_digits_20260101-120000        # continue a run
+"""
+
+import argparse
+import os
+import time
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import common
+
+
+def parse_args(argv=None):
+    # Five critic batches per generator step (100 for the first 25): on the small digits set,
+    # 200 epochs give about 650 generator steps.
+    parser = common.ArgumentParser(description="Train a WGAN (Arjovsky et al. 2017).", dataset_defaults={"digits": dict(n_epochs=200)})
+    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images: digits (bundled with scikit-learn), mnist, fashion, cifar10, anime (<data_root>/anime) or folder (--data_root itself)")
+    parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself (class sub-folders become labels)")
+    parser.add_argument("--img_size", type=image_size, help="height and width of the images: 4..7 times a power of two, at least 16 (default: 32, or 64 for anime and folder)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 for grey, 3 for RGB; images are converted (default: 1 for digits, mnist, fashion, else 3)")
+    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data (default: per data set, 200 for digits)")
+    parser.add_argument("--n_iters", type=common.positive_int, help="stop after this many generator steps (default: no limit)")
+    parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
+    parser.add_argument("--lr", type=common.positive_float, default=5e-5, help="RMSprop learning rate of both nets (paper: 0.00005)")
+    parser.add_argument("--n_critic", type=common.positive_int, default=5, help="critic steps per generator step (paper: 5)")
+    parser.add_argument("--n_critic_boost", type=common.nonnegative_int, default=100, help="critic steps before each of the first 25 and every 500th generator step, as in the authors' code (0: always --n_critic)")
+    parser.add_argument("--clip_value", type=common.positive_float, default=0.01, help="critic weights are clipped to [-clip_value, clip_value] (paper: 0.01)")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
+    parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
+    parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in the critic's first layer; doubles per layer")
+    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 100 for digits)")
+    parser.add_argument("--out", default="runs", help="folder that receives the run folder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
+    parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+def conv_plan(img_size):
+    """G grows a base x base map by doubling it n times (D shrinks it back); 4 <= base <= 7."""
+    base, doublings = img_size, 0
+    while base > 7 and base % 2 == 0:
+        base, doublings = base // 2, doublings + 1
+    return base, doublings
+
+
+def image_size(text):
+    """argparse type for --img_size: a size the doubling stacks can make (28, 32, 64, 96, 128...)."""
+    size = common.positive_int(text)
+    base, doublings = conv_plan(size)
+    if not (4 <= base <= 7 and doublings >= 2):
+        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, at least 16 (e.g. 28, 32, 64, 96, 128)")
+    return size
+
+
+class Generator(nn.Module):
+    """z -> image: a transposed convolution lifts z to a base x base map, then each stride-2 transposed
+    convolution doubles the size and halves the width; BatchNorm + ReLU between, Tanh at the output."""
+
+    def __init__(self, latent_dim, channels, img_size, ngf):
+        super().__init__()
+        base, doublings = conv_plan(img_size)
+        width = ngf * 2 ** (doublings - 1)
+        # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
+        layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        for _ in range(doublings - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # no BatchNorm at the output
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z[:, :, None, None])
+
+
+class Critic(nn.Module):
+    """image -> score: stride-2 convolutions halve the size and double the width, LeakyReLU(0.2),
+    BatchNorm on every layer but the first, then a base x base convolution to one number."""
+
+    def __init__(self, channels, img_size, ndf):
+        super().__init__()
+        base, doublings = conv_plan(img_size)
+        layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
+        width = ndf
+        for _ in range(doublings - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
+            width *= 2
+        # An unbounded score, not a probability: the critic estimates a distance, not a class.
+        layers += [nn.Conv2d(width, 1, base, 1, 0)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, img):
+        return self.net(img).flatten()
+
+
+def init_weights(module):
+    """The paper's initialisation: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02), biases 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------
+def critic_loss(d_real, d_fake):
+    """E[D(G(z))] - E[D(x)]: minus the critic's estimate of the Wasserstein distance."""
+    return d_fake.mean() - d_real.mean()
+
+
+def generator_loss(d_fake):
+    """-E[D(G(z))]: the generator moves its samples up the critic's score."""
+    return -d_fake.mean()
+
+
+def clip_weights(critic, clip_value):
+    """w <- clip(w, -c, c) for every critic parameter: a crude way to keep D in a family of
+    K-Lipschitz functions, as the paper itself says; WGAN-GP replaces it with a penalty."""
+    with torch.no_grad():
+        for param in critic.parameters():
+            param.clamp_(-clip_value, clip_value)
+
+
+def critic_steps(step, n_critic, n_critic_boost):
+    """Critic steps before generator step `step` + 1. The authors' code trains the critic much
+    longer for the first 25 generator steps and every 500th, so that its W estimate, and with it
+    the generator's gradient, comes from a critic close to optimal."""
+    if n_critic_boost and (step < 25 or step % 500 == 0):
+        return n_critic_boost
+    return n_critic
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+def train(opt):
+    common.seed_everything(opt.seed)
+    device = common.get_device(opt.device)
+    data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
+    batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
+    run = common.Run(opt, __file__)
+
+    generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
+    discriminator = Critic(opt.channels, opt.img_size, opt.ndf).to(device)
+    generator.apply(init_weights)
+    discriminator.apply(init_weights)
+    # RMSprop, not Adam: the paper found momentum made the critic's training unstable, its loss being
+    # a moving target; RMSprop is known to do well on such nonstationary problems.
+    optimizer_G = torch.optim.RMSprop(generator.parameters(), lr=opt.lr)
+    optimizer_D = torch.optim.RMSprop(discriminator.parameters(), lr=opt.lr)
+    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
+
+    # The same noise for every sample grid, so the grids show how G(z) evolves for fixed z.
+    fixed_z = torch.randn(64, opt.latent_dim, device=device)
+    # d_steps runs on across epochs: the D steps of one generator step may straddle an epoch's end.
+    step, epoch, batch, d_steps, seconds = 0, 0, 0, 0, 0.0
+    if opt.resume:
+        checkpoint = run.restore(saved, opt, device)
+        step, epoch, batch, d_steps, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"], checkpoint["seconds"]
+        fixed_z = checkpoint["fixed_z"].to(device)
+
+    def save_samples():
+        # Sampled in training mode, with the batch's own BatchNorm statistics, as during training.
+        with torch.no_grad():
+            run.save_samples(generator(fixed_z), step)
+
+    def save_checkpoint():
+        run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
+
+    print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
+    n_iters = opt.n_iters or float("inf")
+    start = time.perf_counter() - seconds
+    with common.GracefulInterrupt() as interrupt:
+        while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
+            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True)
+            for real, _ in progress:
+                batch += 1
+                # ---------------------
+                #  Train Critic
+                # ---------------------
+                z = torch.randn(real.size(0), opt.latent_dim, device=device)
+                with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
+                    fake = generator(z)
+                d_real, d_fake = discriminator(real), discriminator(fake)
+                loss_D = critic_loss(d_real, d_fake)
+                optimizer_D.zero_grad(set_to_none=True)
+                loss_D.backward()
+                optimizer_D.step()
+                clip_weights(discriminator, opt.clip_value)
+                d_steps += 1
+                if d_steps < critic_steps(step, opt.n_critic, opt.n_critic_boost):
+                    continue
+                d_steps = 0
+
+                # -----------------
+                #  Train Generator
+                # -----------------
+                z = torch.randn(real.size(0), opt.latent_dim, device=device)
+                loss_G = generator_loss(discriminator(generator(z)))
+                optimizer_G.zero_grad(set_to_none=True)
+                loss_G.backward()
+                optimizer_G.step()
+                step += 1
+
+                # ---------------------
+                #  Log, sample, stop
+                # ---------------------
+                seconds = time.perf_counter() - start
+                values = torch.stack([loss_D, loss_G, d_real.mean() - d_fake.mean()]).tolist()
+                metrics = dict(zip(("loss_D", "loss_G", "W_estimate"), values))
+                run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
+                progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
+                if step % opt.sample_interval == 0:
+                    save_samples()
+                if step >= n_iters or interrupt.requested:
+                    break
+            progress.close()
+            if batch == len(batches):  # a whole epoch: summarise it and start the next from its first batch
+                tqdm.write(f"epoch {epoch + 1}/{opt.n_epochs}  step {step}  {run.epoch_summary()}  {seconds:.0f}s")
+                epoch, batch = epoch + 1, 0
+            save_checkpoint()
+
+    if step % opt.sample_interval:
+        save_samples()
+    if interrupt.requested:
+        print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
+        raise KeyboardInterrupt
+    print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
+    return run
+
+
+if __name__ == "__main__":
+    with common.friendly_errors():
+        train(parse_args())

@@ -1,0 +1,261 @@
+"""WGAN-GP: Wasserstein GAN with gradient penalty.
+
+Paper: Gulrajani, Ahmed, Arjovsky, Dumoulin & Courville, "Improved Training of Wasserstein GANs",
+NeurIPS 2017, arXiv:1704.00028.
+
+Objective: the critic D minimises
+    L_D = E_z[D(G(z))] - E_x[D(x)] + lambda * E_xhat[(||grad_xhat D(xhat)||_2 - 1)^2]
+    xhat = eps * x + (1 - eps) * G(z),  eps ~ U[0, 1] per sample,  lambda = 10
+and the generator minimises L_G = -E_z[D(G(z))]. E_x[D(x)] - E_z[D(G(z))] estimates the Wasserstein
+distance between the data and the generator's distribution, up to the critic's Lipschitz constant.
+
+Changes from DCGAN: the critic outputs an unbounded score (no sigmoid, no log) and has no
+BatchNorm, the 1-Lipschitz constraint is a soft penalty on the critic's gradient norm at random
+points between real and fake images (instead of WGAN's weight clipping), 5 critic steps per
+generator step, and Adam with lr 1e-4, betas (0, 0.9), the paper's defaults.
+
+Run:
+    python wgan_gp.py                                                # scikit-learn digits, CPU minutes
+    python wgan_gp.py --dataset mnist --data_root data               # downloads MNIST into data/
+    python wgan_gp.py --dataset folder --data_root faces/ --img_size 64
+    python wgan_gp.py --resume runs/wgan_gp_digits_20260101-120000  # continue a run
+"""
+
+import argparse
+import os
+import time
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import common
+
+
+def parse_args(argv=None):
+    # Five critic batches per generator step: on the small digits set, 90 epochs give about 500 generator steps.
+    parser = common.ArgumentParser(description="Train a WGAN-GP (Gulrajani et al. 2017).", dataset_defaults={"digits": dict(n_epochs=90)})
+    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images: digits (bundled with scikit-learn), mnist, fashion, cifar10, anime (<data_root>/anime) or folder (--data_root itself)")
+    parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself (class sub-folders become labels)")
+    parser.add_argument("--img_size", type=image_size, help="height and width of the images: 4..7 times a power of two, at least 16 (default: 32, or 64 for anime and folder)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 for grey, 3 for RGB; images are converted (default: 1 for digits, mnist, fashion, else 3)")
+    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data (default: per data set, 90 for digits)")
+    parser.add_argument("--n_iters", type=common.positive_int, help="stop after this many generator steps (default: no limit)")
+    parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
+    parser.add_argument("--lr", type=common.positive_float, default=1e-4, help="Adam learning rate of both nets (paper: 0.0001)")
+    parser.add_argument("--b1", type=common.adam_beta, default=0.0, help="Adam beta1 (paper: 0)")
+    parser.add_argument("--b2", type=common.adam_beta, default=0.9, help="Adam beta2 (paper: 0.9)")
+    parser.add_argument("--n_critic", type=common.positive_int, default=5, help="critic steps per generator step (paper: 5)")
+    parser.add_argument("--lambda_gp", type=common.nonnegative_float, default=10.0, help="weight lambda of the gradient penalty (paper: 10)")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
+    parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
+    parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in the critic's first layer; doubles per layer")
+    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 100 for digits)")
+    parser.add_argument("--out", default="runs", help="folder that receives the run folder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
+    parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+def conv_plan(img_size):
+    """G grows a base x base map by doubling it n times (D shrinks it back); 4 <= base <= 7."""
+    base, doublings = img_size, 0
+    while base > 7 and base % 2 == 0:
+        base, doublings = base // 2, doublings + 1
+    return base, doublings
+
+
+def image_size(text):
+    """argparse type for --img_size: a size the doubling stacks can make (28, 32, 64, 96, 128...)."""
+    size = common.positive_int(text)
+    base, doublings = conv_plan(size)
+    if not (4 <= base <= 7 and doublings >= 2):
+        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, at least 16 (e.g. 28, 32, 64, 96, 128)")
+    return size
+
+
+class Generator(nn.Module):
+    """z -> image: a transposed convolution lifts z to a base x base map, then each stride-2 transposed
+    convolution doubles the size and halves the width; BatchNorm + ReLU between, Tanh at the output."""
+
+    def __init__(self, latent_dim, channels, img_size, ngf):
+        super().__init__()
+        base, doublings = conv_plan(img_size)
+        width = ngf * 2 ** (doublings - 1)
+        # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
+        layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        for _ in range(doublings - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # no BatchNorm at the output
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z[:, :, None, None])
+
+
+class Critic(nn.Module):
+    """image -> score: stride-2 convolutions halve the size and double the width, LeakyReLU(0.2),
+    layer normalisation on every layer but the first, then a base x base convolution to one number.
+
+    No BatchNorm: the penalty constrains the gradient of D(xhat) with respect to each xhat on its
+    own, and BatchNorm would make every output depend on the whole batch. GroupNorm with one group
+    is layer normalisation over C x H x W, the replacement the paper recommends."""
+
+    def __init__(self, channels, img_size, ndf):
+        super().__init__()
+        base, doublings = conv_plan(img_size)
+        layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
+        width = ndf
+        for _ in range(doublings - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.GroupNorm(1, width * 2), nn.LeakyReLU(0.2, True)]
+            width *= 2
+        # An unbounded score, not a probability: the critic estimates a distance, not a class.
+        layers += [nn.Conv2d(width, 1, base, 1, 0)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, img):
+        return self.net(img).flatten()
+
+
+def init_weights(module):
+    """The paper's initialisation: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02), biases 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------
+def critic_loss(d_real, d_fake):
+    """E[D(G(z))] - E[D(x)]: minus the critic's estimate of the Wasserstein distance."""
+    return d_fake.mean() - d_real.mean()
+
+
+def generator_loss(d_fake):
+    """-E[D(G(z))]: the generator moves its samples up the critic's score."""
+    return -d_fake.mean()
+
+
+def gradient_penalty(critic, real, fake):
+    """E[(||grad_xhat D(xhat)||_2 - 1)^2] at xhat = eps * x + (1 - eps) * G(z), eps ~ U[0, 1] per
+    sample, the norm over all of C x H x W; also returns the mean norm. An optimal critic has
+    gradient norm 1 almost everywhere on the lines between real and fake samples."""
+    eps = torch.rand(real.size(0), 1, 1, 1, device=real.device)
+    xhat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    # Summing the scores gives each sample's own gradient, as no sample's score depends on another's.
+    # create_graph: the penalty is itself minimised, so its gradient must be differentiable.
+    (grad,) = torch.autograd.grad(critic(xhat).sum(), xhat, create_graph=True)
+    norm = grad.flatten(1).norm(2, dim=1)
+    return ((norm - 1) ** 2).mean(), norm.mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+def train(opt):
+    common.seed_everything(opt.seed)
+    device = common.get_device(opt.device)
+    data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
+    batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
+    run = common.Run(opt, __file__)
+
+    generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
+    discriminator = Critic(opt.channels, opt.img_size, opt.ndf).to(device)
+    generator.apply(init_weights)
+    discriminator.apply(init_weights)
+    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
+    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
+
+    # The same noise for every sample grid, so the grids show how G(z) evolves for fixed z.
+    fixed_z = torch.randn(64, opt.latent_dim, device=device)
+    # d_steps runs on across epochs: the D steps of one generator step may straddle an epoch's end.
+    step, epoch, batch, d_steps, seconds = 0, 0, 0, 0, 0.0
+    if opt.resume:
+        checkpoint = run.restore(saved, opt, device)
+        step, epoch, batch, d_steps, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"], checkpoint["seconds"]
+        fixed_z = checkpoint["fixed_z"].to(device)
+
+    def save_samples():
+        # Sampled in training mode, with the batch's own BatchNorm statistics, as during training.
+        with torch.no_grad():
+            run.save_samples(generator(fixed_z), step)
+
+    def save_checkpoint():
+        run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
+
+    print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
+    n_iters = opt.n_iters or float("inf")
+    start = time.perf_counter() - seconds
+    with common.GracefulInterrupt() as interrupt:
+        while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
+            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True)
+            for real, _ in progress:
+                batch += 1
+                # ---------------------
+                #  Train Critic
+                # ---------------------
+                z = torch.randn(real.size(0), opt.latent_dim, device=device)
+                with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
+                    fake = generator(z)
+                d_real, d_fake = discriminator(real), discriminator(fake)
+                penalty, grad_norm = gradient_penalty(discriminator, real, fake)
+                loss_D = critic_loss(d_real, d_fake) + opt.lambda_gp * penalty
+                optimizer_D.zero_grad(set_to_none=True)
+                loss_D.backward()
+                optimizer_D.step()
+                d_steps += 1
+                if d_steps % opt.n_critic:
+                    continue
+
+                # -----------------
+                #  Train Generator
+                # -----------------
+                z = torch.randn(real.size(0), opt.latent_dim, device=device)
+                loss_G = generator_loss(discriminator(generator(z)))
+                optimizer_G.zero_grad(set_to_none=True)
+                loss_G.backward()
+                optimizer_G.step()
+                step += 1
+
+                # ---------------------
+                #  Log, sample, stop
+                # ---------------------
+                seconds = time.perf_counter() - start
+                values = torch.stack([loss_D, loss_G, d_real.mean() - d_fake.mean(), grad_norm]).tolist()
+                metrics = dict(zip(("loss_D", "loss_G", "W_estimate", "grad_norm"), values))
+                run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
+                progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
+                if step % opt.sample_interval == 0:
+                    save_samples()
+                if step >= n_iters or interrupt.requested:
+                    break
+            progress.close()
+            if batch == len(batches):  # a whole epoch: summarise it and start the next from its first batch
+                tqdm.write(f"epoch {epoch + 1}/{opt.n_epochs}  step {step}  {run.epoch_summary()}  {seconds:.0f}s")
+                epoch, batch = epoch + 1, 0
+            save_checkpoint()
+
+    if step % opt.sample_interval:
+        save_samples()
+    if interrupt.requested:
+        print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
+        raise KeyboardInterrupt
+    print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
+    return run
+
+
+if __name__ == "__main__":
+    with common.friendly_errors():
+        train(parse_args())
