@@ -15,6 +15,9 @@ from conftest import ROOT, train_script
 # Per script: tiny network flags that keep a step cheap. A new script joins the suite with one line.
 SCRIPTS = {
     "dcgan": ["--ngf", 8, "--ndf", 8],
+    "cgan": ["--ngf", 8, "--ndf", 8],
+    "began": ["--n_filters", 4, "--h_dim", 8],
+    "cogan": ["--ngf", 8, "--ndf", 8],
     "lsgan": ["--ngf", 8, "--ndf", 8],
     "wgan": ["--ngf", 8, "--ndf", 8, "--n_critic_boost", 0],
     "wgan_gp": ["--ngf", 8, "--ndf", 8],

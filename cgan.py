@@ -1,0 +1,282 @@
+"""CGAN: conditional generative adversarial networks, in DCGAN's convolutional form.
+
+Paper: Mirza & Osindero, "Conditional Generative Adversarial Nets", 2014, arXiv:1411.1784.
+
+Objective: both nets see the class label y, with the generator's non-saturating form:
+    max_D  E_(x,y)[log D(x|y)] + E_(z,y)[log(1 - D(G(z|y)|y))]
+    max_G  E_(z,y)[log D(G(z|y)|y)]               z ~ N(0, I), y ~ uniform, D(.) = sigmoid(logit)
+
+Changes from dcgan.py: the label enters G as a learned embedding concatenated to z, and D as a
+learned embedding projected to one extra image-sized input channel, so both nets see it from their
+first layer on. Fakes are made for random labels. Sample grids have one row per class, the columns
+sharing their noise, and --label draws one class from a trained run. Needs labelled data: digits,
+mnist, fashion, cifar10, or a folder with one sub-folder per class.
+
+Run:
+    python cgan.py                                                   # scikit-learn digits, CPU minutes
+    python cgan.py --dataset mnist --data_root data                  # downloads MNIST into data/
+    python cgan.py --dataset folder --data_root lego/ --img_size 64  # lego/<class>/*.jpg
+    python cgan.py --resume runs/cgan_digits_20260101-120000        # continue a run
+    python cgan.py --resume runs/cgan_digits_20260101-120000 --label 7   # a grid of 7s, no training
+"""
+
+import argparse
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import common
+
+
+def parse_args(argv=None):
+    parser = common.ArgumentParser(description="Train a conditional GAN (Mirza & Osindero 2014).")
+    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images: digits (bundled with scikit-learn), mnist, fashion, cifar10, anime (<data_root>/anime) or folder (--data_root itself)")
+    parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself (class sub-folders become labels)")
+    parser.add_argument("--img_size", type=image_size, help="height and width of the images: 4..7 times a power of two, at least 16 (default: 32, or 64 for anime and folder)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 for grey, 3 for RGB; images are converted (default: 1 for digits, mnist, fashion, else 3)")
+    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data (default: per data set, 30 for digits)")
+    parser.add_argument("--n_iters", type=common.positive_int, help="stop after this many generator steps (default: no limit)")
+    parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
+    parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate of both nets (paper: 0.0002)")
+    parser.add_argument("--b1", type=common.adam_beta, default=0.5, help="Adam beta1 (paper: 0.5, for stability)")
+    parser.add_argument("--b2", type=common.adam_beta, default=0.999, help="Adam beta2")
+    parser.add_argument("--n_critic", type=common.positive_int, default=1, help="discriminator steps per generator step")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
+    parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
+    parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in D's first layer; doubles per layer")
+    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 100 for digits)")
+    parser.add_argument("--out", default="runs", help="folder that receives the run folder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
+    parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
+    parser.add_argument("--label", type=common.nonnegative_int, help="with --resume: save a grid of this class (0 = first class) from the checkpoint and exit without training")
+    opt = parser.parse_args(argv)
+    if opt.label is not None and not opt.resume:
+        parser.error("--label draws from a trained generator: pass --resume RUN_FOLDER with it")
+    return opt
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+COLUMNS = 8  # noise vectors per class in the sample grids
+
+
+def conv_plan(img_size):
+    """G grows a base x base map by doubling it n times (D shrinks it back); 4 <= base <= 7."""
+    base, doublings = img_size, 0
+    while base > 7 and base % 2 == 0:
+        base, doublings = base // 2, doublings + 1
+    return base, doublings
+
+
+def image_size(text):
+    """argparse type for --img_size: a size the doubling stacks can make (28, 32, 64, 96, 128...)."""
+    size = common.positive_int(text)
+    base, doublings = conv_plan(size)
+    if not (4 <= base <= 7 and doublings >= 2):
+        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, at least 16 (e.g. 28, 32, 64, 96, 128)")
+    return size
+
+
+class Generator(nn.Module):
+    """(z, y) -> image: z concatenated with y's embedding is lifted to a base x base map, then each
+    stride-2 transposed convolution doubles the size and halves the width; BatchNorm + ReLU between,
+    Tanh at the output."""
+
+    def __init__(self, latent_dim, n_classes, channels, img_size, ngf):
+        super().__init__()
+        base, doublings = conv_plan(img_size)
+        width = ngf * 2 ** (doublings - 1)
+        # n_classes dimensions: as expressive as a one-hot code, and learned.
+        self.label_embedding = nn.Embedding(n_classes, n_classes)
+        # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
+        layers = [nn.ConvTranspose2d(latent_dim + n_classes, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        for _ in range(doublings - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # no BatchNorm at the output
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z, labels):
+        return self.net(torch.cat([z, self.label_embedding(labels)], 1)[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    """(image, y) -> logit: y's embedding, shaped as one more image channel, joins the input; then
+    stride-2 convolutions halve the size and double the width, LeakyReLU(0.2), BatchNorm on every
+    layer but the first, and a base x base convolution to one number."""
+
+    def __init__(self, n_classes, channels, img_size, ndf):
+        super().__init__()
+        base, doublings = conv_plan(img_size)
+        self.img_size = img_size
+        # A label map at full resolution lets the first convolution relate y to every pixel.
+        self.label_embedding = nn.Embedding(n_classes, img_size * img_size)
+        layers = [nn.Conv2d(channels + 1, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
+        width = ndf
+        for _ in range(doublings - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
+            width *= 2
+        # A logit, not a probability: the loss applies the sigmoid in a numerically stable way.
+        layers += [nn.Conv2d(width, 1, base, 1, 0)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, img, labels):
+        label_map = self.label_embedding(labels).view(-1, 1, self.img_size, self.img_size)
+        return self.net(torch.cat([img, label_map], 1)).flatten()
+
+
+def init_weights(module):
+    """The paper's initialisation: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02), biases 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------
+def discriminator_loss(real_logits, fake_logits):
+    """-E[log D(x|y)] - E[log(1 - D(G(z|y)|y))]: binary cross-entropy with real = 1, fake = 0."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+def generator_loss(fake_logits):
+    """-E[log D(G(z|y)|y)]: the non-saturating loss. log(1 - D(G(z|y)|y)) has almost no gradient
+    while D easily rejects early fakes; this one has the same fixed point and strong gradients there."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+def train(opt):
+    common.seed_everything(opt.seed)
+    device = common.get_device(opt.device)
+    data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
+    if data.labels is None:
+        source = f"{opt.data_root} has no class sub-folders" if opt.dataset == "folder" else f"{opt.dataset} has no labels"
+        raise common.UsageError(f"--dataset {opt.dataset}: {source}; cgan needs labelled data: put each class's images in its own sub-folder of --data_root, or use digits, mnist, fashion or cifar10")
+    batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
+    run = common.Run(opt, __file__)
+
+    generator = Generator(opt.latent_dim, data.n_classes, opt.channels, opt.img_size, opt.ngf).to(device)
+    discriminator = Discriminator(data.n_classes, opt.channels, opt.img_size, opt.ndf).to(device)
+    generator.apply(init_weights)
+    discriminator.apply(init_weights)
+    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
+    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
+
+    # The same noise for every sample grid, so the grids show how G(z|y) evolves for fixed z.
+    fixed_z = torch.randn(64, opt.latent_dim, device=device)
+    # d_steps runs on across epochs: the D steps of one generator step may straddle an epoch's end.
+    step, epoch, batch, d_steps, seconds = 0, 0, 0, 0, 0.0
+    if opt.resume:
+        checkpoint = run.restore(saved, opt, device)
+        step, epoch, batch, d_steps, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"], checkpoint["seconds"]
+        fixed_z = checkpoint["fixed_z"].to(device)
+    if opt.label is not None:
+        return save_label_grid(run, generator, fixed_z, opt.label, data, step)
+
+    def save_samples():
+        # One row per class, one column per noise vector: a row shows a label, a column a style.
+        z = fixed_z[:COLUMNS].repeat(data.n_classes, 1)
+        labels = torch.arange(data.n_classes, device=device).repeat_interleave(COLUMNS)
+        # Sampled in training mode, with the batch's own BatchNorm statistics, as during training.
+        with torch.no_grad():
+            run.save_samples(generator(z, labels), step, nrow=COLUMNS)
+
+    def save_checkpoint():
+        run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
+
+    print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
+    n_iters = opt.n_iters or float("inf")
+    start = time.perf_counter() - seconds
+    with common.GracefulInterrupt() as interrupt:
+        while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
+            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True)
+            for real, labels in progress:
+                batch += 1
+                # ---------------------
+                #  Train Discriminator
+                # ---------------------
+                z = torch.randn(real.size(0), opt.latent_dim, device=device)
+                fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
+                with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
+                    fake = generator(z, fake_labels)
+                real_logits, fake_logits = discriminator(real, labels), discriminator(fake, fake_labels)
+                loss_D = discriminator_loss(real_logits, fake_logits)
+                optimizer_D.zero_grad(set_to_none=True)
+                loss_D.backward()
+                optimizer_D.step()
+                d_steps += 1
+                if d_steps % opt.n_critic:
+                    continue
+
+                # -----------------
+                #  Train Generator
+                # -----------------
+                z = torch.randn(real.size(0), opt.latent_dim, device=device)
+                fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
+                loss_G = generator_loss(discriminator(generator(z, fake_labels), fake_labels))
+                optimizer_G.zero_grad(set_to_none=True)
+                loss_G.backward()
+                optimizer_G.step()
+                step += 1
+
+                # ---------------------
+                #  Log, sample, stop
+                # ---------------------
+                seconds = time.perf_counter() - start
+                values = torch.stack([loss_D, loss_G, real_logits.sigmoid().mean(), fake_logits.sigmoid().mean()]).tolist()
+                metrics = dict(zip(("loss_D", "loss_G", "D_x", "D_G_z"), values))
+                run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
+                progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
+                if step % opt.sample_interval == 0:
+                    save_samples()
+                if step >= n_iters or interrupt.requested:
+                    break
+            progress.close()
+            if batch == len(batches):  # a whole epoch: summarise it and start the next from its first batch
+                tqdm.write(f"epoch {epoch + 1}/{opt.n_epochs}  step {step}  {run.epoch_summary()}  {seconds:.0f}s")
+                epoch, batch = epoch + 1, 0
+            save_checkpoint()
+
+    if step % opt.sample_interval:
+        save_samples()
+    if interrupt.requested:
+        print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
+        raise KeyboardInterrupt
+    print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
+    return run
+
+
+def save_label_grid(run, generator, fixed_z, label, data, step):
+    """--label: a grid of class `label` from the fixed noise, saved next to the run's samples."""
+    if label >= data.n_classes:
+        raise common.UsageError(f"--label {label}: {data.name} has {data.n_classes} classes, 0..{data.n_classes - 1} ({', '.join(data.classes)})")
+    labels = torch.full((len(fixed_z),), label, device=fixed_z.device)
+    with torch.no_grad():
+        images = generator(fixed_z, labels)
+    path = run.dir / "samples" / f"label{label}_{step:07d}.png"
+    common.save_grid(images, path)
+    print(f"class {label} ({data.classes[label]}) at step {step}: {path}")
+    return run
+
+
+if __name__ == "__main__":
+    with common.friendly_errors():
+        train(parse_args())

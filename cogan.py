@@ -1,0 +1,285 @@
+"""CoGAN: coupled generative adversarial networks.
+
+Paper: Liu & Tuzel, "Coupled Generative Adversarial Networks", NIPS 2016, arXiv:1606.07536.
+
+Objective: two GANs, one per domain, trained together, with the generator's non-saturating form:
+    max_{D1,D2}  E_x1[log D1(x1)] + E_z[log(1 - D1(G1(z)))] + E_x2[log D2(x2)] + E_z[log(1 - D2(G2(z)))]
+    max_{G1,G2}  E_z[log D1(G1(z))] + E_z[log D2(G2(z))]
+subject to weight sharing: G1 and G2 share their first layers, which decode the high-level
+semantics, and keep their last layers, which render them in each domain's pixels; D1 and D2 keep
+their first layers, which read the pixels, and share their last layers. x1 and x2 are drawn
+independently, so no pair is ever shown, yet one z yields a corresponding pair (G1(z), G2(z)):
+the sharing alone makes the two GANs learn a joint distribution of the domains.
+
+Changes from dcgan.py: DCGAN's nets, coupled: G1/G2 share all layers but the last transposed
+convolution, D1/D2 all but the first convolution. Domain A is --dataset; domain B is its negative
+(default), its edges, or another folder (--domain_b). Grids show A and B side by side for each z.
+
+Run:
+    python cogan.py                                                  # digits and their negatives, CPU minutes
+    python cogan.py --domain_b edges --dataset mnist --data_root data
+    python cogan.py --dataset folder --data_root photos/ --domain_b folder --data_root_b sketches/ --img_size 64
+    python cogan.py --resume runs/cogan_digits_20260101-120000      # continue a run
+"""
+
+import argparse
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import common
+
+
+def parse_args(argv=None):
+    parser = common.ArgumentParser(description="Train a CoGAN (Liu & Tuzel 2016).")
+    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="domain A's images: digits (bundled with scikit-learn), mnist, fashion, cifar10, anime (<data_root>/anime) or folder (--data_root itself)")
+    parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself (labels are ignored)")
+    parser.add_argument("--domain_b", choices=DOMAINS_B, default="negative", help="domain B: negative (1 - x of domain A's images), edges (their morphological-gradient edge maps, the paper's MNIST-edge task) or folder (--data_root_b); always drawn independently of domain A")
+    parser.add_argument("--data_root_b", help="with --domain_b folder: the folder of domain B's images")
+    parser.add_argument("--img_size", type=image_size, help="height and width of the images: 4..7 times a power of two, at least 16 (default: 32, or 64 for anime and folder)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 for grey, 3 for RGB; images are converted (default: 1 for digits, mnist, fashion, else 3)")
+    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data (default: per data set, 30 for digits)")
+    parser.add_argument("--n_iters", type=common.positive_int, help="stop after this many generator steps (default: no limit)")
+    parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
+    parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate of both nets (paper: 0.0002)")
+    parser.add_argument("--b1", type=common.adam_beta, default=0.5, help="Adam beta1 (paper: 0.5, for stability)")
+    parser.add_argument("--b2", type=common.adam_beta, default=0.999, help="Adam beta2")
+    parser.add_argument("--n_critic", type=common.positive_int, default=1, help="discriminator steps per generator step")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
+    parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
+    parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in D's first layer; doubles per layer")
+    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 100 for digits)")
+    parser.add_argument("--out", default="runs", help="folder that receives the run folder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
+    parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
+    opt = parser.parse_args(argv)
+    if (opt.domain_b == "folder") != (opt.data_root_b is not None):
+        parser.error("--domain_b folder and --data_root_b DIR go together: pass both, or neither")
+    return opt
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+DOMAINS_B = ("negative", "edges", "folder")
+
+
+def conv_plan(img_size):
+    """G grows a base x base map by doubling it n times (D shrinks it back); 4 <= base <= 7."""
+    base, doublings = img_size, 0
+    while base > 7 and base % 2 == 0:
+        base, doublings = base // 2, doublings + 1
+    return base, doublings
+
+
+def image_size(text):
+    """argparse type for --img_size: a size the doubling stacks can make (28, 32, 64, 96, 128...)."""
+    size = common.positive_int(text)
+    base, doublings = conv_plan(size)
+    if not (4 <= base <= 7 and doublings >= 2):
+        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, at least 16 (e.g. 28, 32, 64, 96, 128)")
+    return size
+
+
+class CoupledGenerators(nn.Module):
+    """z -> (image A, image B): DCGAN's generator, whose layers but the last are shared. A transposed
+    convolution lifts z to a base x base map, then each stride-2 transposed convolution doubles the
+    size and halves the width; BatchNorm + ReLU between, Tanh at each domain's output."""
+
+    def __init__(self, latent_dim, channels, img_size, ngf):
+        super().__init__()
+        base, doublings = conv_plan(img_size)
+        width = ngf * 2 ** (doublings - 1)
+        # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
+        layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        for _ in range(doublings - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        # Shared: the layers that decode the high-level content both domains have in common.
+        self.shared = nn.Sequential(*layers)
+        # Per domain: the last layer, which renders that content in the domain's own pixels.
+        self.last_a, self.last_b = (nn.Sequential(nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()) for _ in "ab")  # no BatchNorm at the output
+
+    def forward(self, z):
+        hidden = self.shared(z[:, :, None, None])
+        return self.last_a(hidden), self.last_b(hidden)
+
+
+class CoupledDiscriminators(nn.Module):
+    """(image A, image B) -> (logit A, logit B): DCGAN's discriminator, whose layers but the first are
+    shared. Stride-2 convolutions halve the size and double the width, LeakyReLU(0.2), BatchNorm on
+    every layer but the first, then a base x base convolution to one number."""
+
+    def __init__(self, channels, img_size, ndf):
+        super().__init__()
+        base, doublings = conv_plan(img_size)
+        # Per domain: the first layer, which reads the domain's own pixels (no BatchNorm at the input).
+        self.first_a, self.first_b = (nn.Sequential(nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)) for _ in "ab")
+        # Shared: the layers that judge the high-level content, the same in both domains.
+        layers = []
+        width = ndf
+        for _ in range(doublings - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
+            width *= 2
+        # A logit, not a probability: the loss applies the sigmoid in a numerically stable way.
+        layers += [nn.Conv2d(width, 1, base, 1, 0)]
+        self.shared = nn.Sequential(*layers)
+
+    def forward(self, img_a, img_b):
+        return self.shared(self.first_a(img_a)).flatten(), self.shared(self.first_b(img_b)).flatten()
+
+
+def init_weights(module):
+    """The paper's initialisation: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02), biases 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def edges(images):
+    """Edge maps in [-1, 1]: the morphological gradient (3x3 dilation minus erosion), bright on edges."""
+    dilated, eroded = F.max_pool2d(images, 3, 1, 1), -F.max_pool2d(-images, 3, 1, 1)
+    return dilated - eroded - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------
+def discriminator_loss(real_logits, fake_logits):
+    """-E[log D(x)] - E[log(1 - D(G(z)))]: binary cross-entropy with real = 1, fake = 0."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+def generator_loss(fake_logits):
+    """-E[log D(G(z))]: the non-saturating loss. log(1 - D(G(z))) has almost no gradient while D
+    easily rejects early fakes; this one has the same fixed point and strong gradients there."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+def train(opt):
+    common.seed_everything(opt.seed)
+    device = common.get_device(opt.device)
+    data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
+    batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
+    # Domain B gets its own order (another seed) even when it is made from domain A's images: the
+    # pairs are never seen together, which is the point.
+    data_b = common.load_images("folder", opt.data_root_b, opt.img_size, opt.channels) if opt.domain_b == "folder" else data
+    batches_b = common.Batches(data_b, opt.batch_size, device, opt.seed + 1, opt.n_cpu)
+    to_domain_b = {"negative": torch.neg, "edges": edges, "folder": nn.Identity()}[opt.domain_b]  # 1 - x on [0, 1] is -x on [-1, 1]
+    run = common.Run(opt, __file__)
+
+    generator = CoupledGenerators(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
+    discriminator = CoupledDiscriminators(opt.channels, opt.img_size, opt.ndf).to(device)
+    generator.apply(init_weights)
+    discriminator.apply(init_weights)
+    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
+    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
+
+    # The same noise for every sample grid, so the grids show how G(z) evolves for fixed z.
+    fixed_z = torch.randn(32, opt.latent_dim, device=device)
+    # d_steps runs on across epochs: the D steps of one generator step may straddle an epoch's end.
+    step, epoch, batch, d_steps, seconds = 0, 0, 0, 0, 0.0
+    if opt.resume:
+        checkpoint = run.restore(saved, opt, device)
+        step, epoch, batch, d_steps, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"], checkpoint["seconds"]
+        fixed_z = checkpoint["fixed_z"].to(device)
+
+    def save_samples():
+        # Sampled in training mode, with the batch's own BatchNorm statistics, as during training.
+        with torch.no_grad():
+            # G1(z), G2(z) side by side: 4 pairs per row.
+            run.save_samples(torch.stack(generator(fixed_z), 1).flatten(0, 1), step)
+
+    def domain_b_batches(start):
+        """Domain B's batches, endless, from its start-th batch on, so a resumed run draws the same ones."""
+        epoch_b, skip = divmod(start, len(batches_b))
+        while True:
+            for images, _ in batches_b.epoch(epoch_b, skip):
+                yield to_domain_b(images)
+            epoch_b, skip = epoch_b + 1, 0
+
+    def save_checkpoint():
+        run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
+
+    print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
+    n_iters = opt.n_iters or float("inf")
+    start = time.perf_counter() - seconds
+    with common.GracefulInterrupt() as interrupt:
+        while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
+            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True)
+            stream_b = domain_b_batches(epoch * len(batches) + batch)
+            for real_a, _ in progress:
+                real_b = next(stream_b)
+                batch += 1
+                # ---------------------
+                #  Train Discriminator
+                # ---------------------
+                z = torch.randn(real_a.size(0), opt.latent_dim, device=device)
+                with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
+                    fake_a, fake_b = generator(z)
+                real_logits, fake_logits = torch.cat(discriminator(real_a, real_b)), torch.cat(discriminator(fake_a, fake_b))
+                # Over both domains' logits: the mean of the two GANs' losses, half the paper's sum (the same steps under Adam).
+                loss_D = discriminator_loss(real_logits, fake_logits)
+                optimizer_D.zero_grad(set_to_none=True)
+                loss_D.backward()
+                optimizer_D.step()
+                d_steps += 1
+                if d_steps % opt.n_critic:
+                    continue
+
+                # -----------------
+                #  Train Generator
+                # -----------------
+                z = torch.randn(real_a.size(0), opt.latent_dim, device=device)
+                loss_G = generator_loss(torch.cat(discriminator(*generator(z))))
+                optimizer_G.zero_grad(set_to_none=True)
+                loss_G.backward()
+                optimizer_G.step()
+                step += 1
+
+                # ---------------------
+                #  Log, sample, stop
+                # ---------------------
+                seconds = time.perf_counter() - start
+                values = torch.stack([loss_D, loss_G, real_logits.sigmoid().mean(), fake_logits.sigmoid().mean()]).tolist()
+                metrics = dict(zip(("loss_D", "loss_G", "D_x", "D_G_z"), values))
+                run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
+                progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
+                if step % opt.sample_interval == 0:
+                    save_samples()
+                if step >= n_iters or interrupt.requested:
+                    break
+            progress.close()
+            if batch == len(batches):  # a whole epoch: summarise it and start the next from its first batch
+                tqdm.write(f"epoch {epoch + 1}/{opt.n_epochs}  step {step}  {run.epoch_summary()}  {seconds:.0f}s")
+                epoch, batch = epoch + 1, 0
+            save_checkpoint()
+
+    if step % opt.sample_interval:
+        save_samples()
+    if interrupt.requested:
+        print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
+        raise KeyboardInterrupt
+    print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
+    return run
+
+
+if __name__ == "__main__":
+    with common.friendly_errors():
+        train(parse_args())
