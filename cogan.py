@@ -35,14 +35,16 @@ import common
 
 
 def parse_args(argv=None):
-    parser = common.ArgumentParser(description="Train a CoGAN (Liu & Tuzel 2016).")
+    # Two GANs per step: on the small digits set, 40 epochs (1,120 steps) keep the default run to a few
+    # minutes, and the pairs are recognisable well before that.
+    parser = common.ArgumentParser(description="Train a CoGAN (Liu & Tuzel 2016).", dataset_defaults={"digits": dict(n_epochs=40)})
     parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="domain A's images: digits (bundled with scikit-learn), mnist, fashion, cifar10, anime (<data_root>/anime) or folder (--data_root itself)")
     parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself (labels are ignored)")
     parser.add_argument("--domain_b", choices=DOMAINS_B, default="negative", help="domain B: negative (1 - x of domain A's images), edges (their morphological-gradient edge maps, the paper's MNIST-edge task) or folder (--data_root_b); always drawn independently of domain A")
     parser.add_argument("--data_root_b", help="with --domain_b folder: the folder of domain B's images")
     parser.add_argument("--img_size", type=image_size, help="height and width of the images: 4..7 times a power of two, at least 16 (default: 32, or 64 for anime and folder)")
     parser.add_argument("--channels", type=int, choices=(1, 3), help="1 for grey, 3 for RGB; images are converted (default: 1 for digits, mnist, fashion, else 3)")
-    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data (default: per data set, 30 for digits)")
+    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data (default: per data set, 40 for digits)")
     parser.add_argument("--n_iters", type=common.positive_int, help="stop after this many generator steps (default: no limit)")
     parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
     parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate of both nets (paper: 0.0002)")
@@ -52,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in D's first layer; doubles per layer")
-    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 100 for digits)")
+    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")

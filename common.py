@@ -32,7 +32,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 # What each --dataset means when the user gives no --img_size / --channels / --n_epochs /
 # --sample_interval: sizes that suit the data, and a schedule that fits its length.
 DATASET_DEFAULTS = {
-    "digits": dict(img_size=32, channels=1, n_epochs=30, sample_interval=100),
+    "digits": dict(img_size=32, channels=1, n_epochs=80, sample_interval=200),
     "mnist": dict(img_size=32, channels=1, n_epochs=20, sample_interval=500),
     "fashion": dict(img_size=32, channels=1, n_epochs=20, sample_interval=500),
     "cifar10": dict(img_size=32, channels=3, n_epochs=30, sample_interval=500),

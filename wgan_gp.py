@@ -50,7 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in the critic's first layer; doubles per layer")
-    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 100 for digits)")
+    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
