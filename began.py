@@ -56,8 +56,10 @@ def parse_args(argv=None):
     parser.add_argument("--gamma", type=common.positive_float, default=0.5, help="diversity ratio E[L(G(z))] / E[L(x)] that k_t maintains (paper: 0.5)")
     parser.add_argument("--lambda_k", type=common.positive_float, default=0.001, help="learning rate of the control variable k_t (paper: 0.001)")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
+    parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
+    parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/cuBLAS kernels for reproducible GPU runs (slower); CPU runs with the same --seed are reproducible anyway")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
     parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
@@ -157,7 +159,7 @@ def convergence_measure(loss_real, loss_fake, gamma):
 # Training
 # ----------------------------------------------------------------------------------------------
 def train(opt):
-    common.seed_everything(opt.seed)
+    common.seed_everything(opt.seed, opt.deterministic)
     device = common.get_device(opt.device)
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
@@ -236,10 +238,13 @@ def train(opt):
                 seconds = time.perf_counter() - start
                 values = torch.stack([loss_D, loss_G, loss_real, k_t, m_global]).tolist()
                 metrics = dict(zip(("loss_D", "loss_G", "L_x", "k_t", "M"), values))
+                run.check_finite(metrics, step)
                 run.log(step=step, epoch=epoch + 1, **metrics, lr=optimizer_G.param_groups[0]["lr"], seconds=seconds)
                 progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
                 if step % opt.sample_interval == 0:
                     save_samples()
+                if step % opt.checkpoint_interval == 0:
+                    save_checkpoint()
                 if step >= n_iters or interrupt.requested:
                     break
             progress.close()

@@ -11,6 +11,7 @@ import csv
 import datetime
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -58,6 +59,10 @@ ANIME_HELP = (
 
 class UsageError(Exception):
     """A problem the user can fix (bad flag, missing data...): reported as one line, exit code 2."""
+
+
+class Diverged(Exception):
+    """A loss became NaN or infinite: reported as one line, exit code 1, the last checkpoint untouched."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,10 +140,17 @@ def get_device(name="auto"):
     return device
 
 
-def seed_everything(seed):
+def seed_everything(seed, deterministic=False):
+    """Seed every generator. CPU runs are then reproducible bit for bit; on GPUs, `deterministic`
+    also trades speed for cuDNN and cuBLAS kernels that give the same result every time."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA and MPS generators too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def rng_state():
@@ -575,6 +587,13 @@ class Run:
         self._epoch_sums, self._epoch_count = {}, 0
         return text
 
+    def check_finite(self, metrics, step):
+        """Stop at the first NaN or infinite metric, before it is logged or reaches a checkpoint."""
+        bad = [name for name, value in metrics.items() if not math.isfinite(value)]
+        if bad:
+            saved = f"the last good checkpoint is {self.checkpoint_path}: --resume {self.dir}" if self.checkpoint_path.exists() else "no checkpoint was written yet: start again"
+            raise Diverged(f"{bad[0]} became {metrics[bad[0]]} at step {step}: training diverged, most often from too high a --lr; {saved} with a lower --lr")
+
     # -- samples ---------------------------------------------------------------------------------
     def save_samples(self, images, step, nrow=8):
         """Save a grid of generator outputs (in [-1, 1]) as samples/<step>.png; returns the path."""
@@ -683,13 +702,16 @@ class GracefulInterrupt:
 
 @contextlib.contextmanager
 def friendly_errors():
-    """Report UsageError as one line (exit 2) and CUDA out-of-memory with a hint (exit 1), no traceback."""
+    """Report UsageError (exit 2), Diverged (exit 1) and CUDA out-of-memory with a hint (exit 1), no traceback."""
     prog = Path(sys.argv[0]).name
     try:
         yield
     except UsageError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Diverged as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(1)
     except torch.OutOfMemoryError:
         print(f"{prog}: error: out of GPU memory: pass a smaller --batch_size (or --img_size)", file=sys.stderr)
         sys.exit(1)

@@ -51,8 +51,10 @@ def parse_args(argv=None):
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in the critic's first layer; doubles per layer")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
+    parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
+    parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/cuBLAS kernels for reproducible GPU runs (slower); CPU runs with the same --seed are reproducible anyway")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
     parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
@@ -164,7 +166,7 @@ def gradient_penalty(critic, real, fake):
 # Training
 # ----------------------------------------------------------------------------------------------
 def train(opt):
-    common.seed_everything(opt.seed)
+    common.seed_everything(opt.seed, opt.deterministic)
     device = common.get_device(opt.device)
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
@@ -235,10 +237,13 @@ def train(opt):
                 seconds = time.perf_counter() - start
                 values = torch.stack([loss_D, loss_G, d_real.mean() - d_fake.mean(), grad_norm]).tolist()
                 metrics = dict(zip(("loss_D", "loss_G", "W_estimate", "grad_norm"), values))
+                run.check_finite(metrics, step)
                 run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
                 progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
                 if step % opt.sample_interval == 0:
                     save_samples()
+                if step % opt.checkpoint_interval == 0:
+                    save_checkpoint()
                 if step >= n_iters or interrupt.requested:
                     break
             progress.close()
