@@ -71,3 +71,25 @@ def test_deterministic_flag_runs_and_same_seed_same_metrics(tmp_path):
     b = train_script("dcgan", tmp_path / "b", *TINY, "--n_iters", 3)
     assert metric_rows(a.dir) == metric_rows(b.dir)
     torch.use_deterministic_algorithms(False)
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    first = train_script("dcgan", tmp_path, *TINY, "--n_iters", 2)
+    before = (first.dir / "checkpoint.pt").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(common.UsageError, match="could not save the checkpoint .*No space left on device.*free some disk space, then --resume"):
+        train_script("dcgan", tmp_path, "--resume", first.dir, "--n_iters", 4)
+    assert (first.dir / "checkpoint.pt").read_bytes() == before
+    assert not list(first.dir.glob("*.tmp"))
+
+
+def test_out_of_gpu_memory_suggests_a_smaller_batch(capsys):
+    with pytest.raises(SystemExit) as exit:
+        with common.friendly_errors():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert exit.value.code == 1
+    assert "out of GPU memory: pass a smaller --batch_size" in capsys.readouterr().err
