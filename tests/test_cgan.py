@@ -53,3 +53,11 @@ def test_unlabelled_folder_is_refused(tmp_path):
     write_images(tmp_path / "flat", 8)
     with pytest.raises(common.UsageError, match="no class sub-folders.*labelled data"):
         train_script("cgan", tmp_path / "runs", *TINY, "--dataset", "folder", "--data_root", tmp_path / "flat")
+
+
+def test_lego_themes_are_classes(shared_data, tmp_path):
+    """Real photos of varied sizes in class folders (../shared/data/lego, skipped where absent)."""
+    run = train_script("cgan", tmp_path, "--dataset", "folder", "--data_root", shared_data / "lego", "--img_size", 16,
+                       "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--n_iters", 2)
+    assert len(run.metrics_path.read_text().splitlines()) == 3
+    assert len(list((run.dir / "samples").iterdir())) == 1
