@@ -103,7 +103,9 @@ def _number(kind, low, low_inclusive, high=None):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
-        if value != value or (value < low if low_inclusive else value <= low) or (high is not None and value >= high):
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if (value < low if low_inclusive else value <= low) or (high is not None and value >= high):
             bound = f">= {low}" if low_inclusive else f"> {low}"
             if high is not None:
                 bound += f" and < {high}"

@@ -174,7 +174,7 @@ def test_batch_larger_than_data_is_refused(tmp_path):
         (["--batch_size", "-3"], "--batch_size: -3 is out of range"),
         (["--n_epochs", "x"], "'x' is not an integer"),
         (["--lr", "0"], "--lr: 0 is out of range"),
-        (["--lr", "nan"], "--lr: nan is out of range"),
+        (["--lr", "nan"], "--lr: nan is not a finite number"),
         (["--b1", "1"], "--b1: 1 is out of range"),
         (["--img_size", "30"], "--img_size: 30 cannot be made by doubling"),
         (["--img_size", "8"], "--img_size: 8 cannot be made"),
