@@ -187,7 +187,7 @@ def train(opt):
     # d_steps runs on across epochs: the D steps of one generator step may straddle an epoch's end.
     step, epoch, batch, d_steps, seconds = 0, 0, 0, 0, 0.0
     if opt.resume:
-        checkpoint = run.restore(saved, opt, device)
+        checkpoint = run.restore(saved)
         step, epoch, batch, d_steps, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"], checkpoint["seconds"]
         fixed_z = checkpoint["fixed_z"].to(device)
     if opt.label is not None:

@@ -134,7 +134,10 @@ def get_device(name="auto"):
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -534,7 +537,10 @@ class Run:
 
     def __init__(self, opt, script):
         self.script = Path(script).stem
+        self.resumed = None
         if getattr(opt, "resume", None):
+            # Checked before anything is written, so a refused --resume leaves the run folder as it was.
+            self.resumed = _compatible_checkpoint(opt, self.script)
             self.dir = _checkpoint_path(opt.resume).parent
         else:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -623,21 +629,26 @@ class Run:
             tmp.unlink(missing_ok=True)
             raise UsageError(f"could not save the checkpoint in {self.dir} ({error.strerror}): free some disk space, then --resume {self.dir}")
 
-    def restore(self, objects, opt, device):
-        """Load --resume into `objects` (see save_checkpoint) and the random generators; returns the
-        checkpoint dict for the caller's own state (step, epoch, fixed noise...)."""
-        checkpoint = load_checkpoint(opt.resume, device)
-        if checkpoint.get("script") != self.script:
-            raise UsageError(f"--resume {opt.resume} was written by {checkpoint.get('script')}.py, not {self.script}.py: resume it with that script")
-        saved = checkpoint["args"]
-        for key in ("dataset", "img_size", "channels", "latent_dim"):
-            if key in saved and saved[key] != getattr(opt, key, saved[key]):
-                raise UsageError(f"--resume: the checkpoint has {key}={saved[key]} but this run asks for {getattr(opt, key)}: drop --{key} or start a new run")
+    def restore(self, objects):
+        """Load the --resume checkpoint into `objects` (see save_checkpoint) and the random
+        generators; returns the checkpoint dict for the caller's own state (step, fixed noise...)."""
         for name, obj in objects.items():
-            obj.load_state_dict(checkpoint[name])
-        set_rng_state(checkpoint["rng"])
-        self.resume_metrics(checkpoint["step"])
-        return checkpoint
+            obj.load_state_dict(self.resumed[name])  # optimizers move their state to their parameters' device
+        set_rng_state(self.resumed["rng"])
+        self.resume_metrics(self.resumed["step"])
+        return self.resumed
+
+
+def _compatible_checkpoint(opt, script):
+    """The --resume checkpoint, if it was written by `script` for the same data and model shape."""
+    checkpoint = load_checkpoint(opt.resume)
+    if checkpoint.get("script") != script:
+        raise UsageError(f"--resume {opt.resume} was written by {checkpoint.get('script')}.py, not {script}.py: resume it with that script")
+    saved = checkpoint["args"]
+    for key in ("dataset", "img_size", "channels", "latent_dim"):
+        if key in saved and saved[key] != getattr(opt, key, saved[key]):
+            raise UsageError(f"--resume: the checkpoint has {key}={saved[key]} but this run asks for {getattr(opt, key)}: drop --{key} or start a new run")
+    return checkpoint
 
 
 def _format(value):
@@ -649,13 +660,13 @@ def _checkpoint_path(path):
     return path / "checkpoint.pt" if path.is_dir() else path
 
 
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path):
     """Read a checkpoint written by Run.save_checkpoint (a run folder or the .pt file itself)."""
     path = _checkpoint_path(path)
     if not path.exists():
         raise UsageError(f"--resume {path}: no such checkpoint; pass a run folder or its checkpoint.pt")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # a truncated or foreign file can fail in many ways inside torch.load
         previous = path.with_name("checkpoint.prev.pt")
         hint = f"; the previous checkpoint {previous} may still be good" if previous.exists() and previous != path else ""

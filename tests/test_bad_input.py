@@ -96,6 +96,7 @@ CASES = {
     "cgan label without resume": ("cgan", lambda p: ["--label", 3], "--label"),
     "cogan folder domain without its folder": ("cogan", lambda p: ["--domain_b", "folder"], "--data_root_b"),
     "unavailable device": ("dcgan", lambda p: ["--device", "cuda:7"], "--device"),
+    "not a device": ("dcgan", lambda p: ["--device", "gpu"], "--device"),
 }
 
 

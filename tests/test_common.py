@@ -221,7 +221,7 @@ def test_checkpoint_is_atomic_keeps_previous_and_restores(tmp_path):
 
     opt.resume = str(run.dir)
     fresh = torch.nn.Linear(2, 2)
-    checkpoint = common.Run(opt, "dcgan.py").restore({"generator": fresh}, opt, "cpu")
+    checkpoint = common.Run(opt, "dcgan.py").restore({"generator": fresh})
     assert checkpoint["step"] == 2 and torch.equal(fresh.weight, net.weight)
 
 
@@ -237,12 +237,14 @@ def test_corrupt_checkpoint_points_to_previous(tmp_path):
 def test_resume_mismatch_is_refused(tmp_path):
     run, opt = make_run(tmp_path)
     run.save_checkpoint({}, opt, step=1, epoch=0, batch=1)
+    config = (run.dir / "config.json").read_text()
     opt.resume, opt.img_size = str(run.dir), 32
     with pytest.raises(common.UsageError, match="img_size=16 but this run asks for 32"):
-        common.Run(opt, "dcgan.py").restore({}, opt, "cpu")
+        common.Run(opt, "dcgan.py")
     opt.img_size = 16
     with pytest.raises(common.UsageError, match="written by dcgan.py, not wgan.py"):
-        common.Run(opt, "wgan.py").restore({}, opt, "cpu")
+        common.Run(opt, "wgan.py")
+    assert (run.dir / "config.json").read_text() == config  # a refused resume writes nothing
 
 
 def test_resume_of_a_non_checkpoint_exits_2(tmp_path, capsys):
