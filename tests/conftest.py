@@ -1,6 +1,8 @@
 """Shared test helpers: run a script in-process on tiny settings, make image folders."""
 
+import csv
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -13,12 +15,22 @@ sys.path.insert(0, str(ROOT))
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# The environment for running a script as a program: it imports common.py from the repo root.
+SCRIPT_ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
 
 def train_script(name, out, *args):
     """Parse `args` as the script's command line (plus --out) and train in-process; returns the Run."""
     module = importlib.import_module(name)
     opt = module.parse_args(["--out", str(out), *map(str, args)])
     return module.train(opt)
+
+
+def read_metrics(run_dir):
+    """metrics.csv as a list of dicts, without `seconds`: the one column that differs between
+    otherwise identical runs."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 
 def write_images(folder, count, size=(12, 10), mode="RGB", start=0):

@@ -1,19 +1,12 @@
 """began.py: k_t stays in [0, 1], the nets fit every accepted size, the lr decays on a stalled M."""
 
-import csv
-
 import pytest
 import torch
 
 import began
-from conftest import train_script
+from conftest import read_metrics, train_script
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--n_filters", 4, "--h_dim", 8, "--sample_interval", 2]
-
-
-def read_metrics(run):
-    with open(run.metrics_path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_k_t_is_clipped_to_the_unit_interval():
@@ -26,7 +19,7 @@ def test_k_t_is_clipped_to_the_unit_interval():
 
 def test_k_t_stays_in_unit_interval_while_training(tmp_path):
     run = train_script("began", tmp_path, *TINY, "--lambda_k", 10, "--n_iters", 4)  # a huge lambda_k hits the bounds
-    k = [float(row["k_t"]) for row in read_metrics(run)]
+    k = [float(row["k_t"]) for row in read_metrics(run.dir)]
     assert all(0.0 <= value <= 1.0 for value in k) and max(k) > 0
     assert torch.load(run.checkpoint_path, weights_only=False)["k_t"] == k[-1]
 
@@ -47,7 +40,7 @@ def test_other_sizes_are_refused(size):
 
 def test_learning_rate_halves_only_when_asked(tmp_path):
     decayed = train_script("began", tmp_path / "a", *TINY, "--lr_patience", 1, "--n_iters", 8)
-    lrs = [float(row["lr"]) for row in read_metrics(decayed)]
+    lrs = [float(row["lr"]) for row in read_metrics(decayed.dir)]
     assert lrs[0] == 1e-4 and min(lrs) < 1e-4 and lrs == sorted(lrs, reverse=True)
     constant = train_script("began", tmp_path / "b", *TINY, "--lr_patience", 0, "--n_iters", 8)
-    assert {float(row["lr"]) for row in read_metrics(constant)} == {1e-4}
+    assert {float(row["lr"]) for row in read_metrics(constant.dir)} == {1e-4}

@@ -1,7 +1,5 @@
 """Faults injected into real runs: SIGKILL mid-training, a loss turning NaN, --deterministic."""
 
-import csv
-import os
 import signal
 import subprocess
 import sys
@@ -12,20 +10,14 @@ import torch
 
 import common
 import dcgan
-from conftest import ROOT, train_script
+from conftest import ROOT, SCRIPT_ENV, read_metrics, train_script
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
 
 
-def metric_rows(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
-
-
 def test_sigkill_loses_at_most_checkpoint_interval_and_resume_is_exact(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     command = [sys.executable, str(ROOT / "dcgan.py"), *map(str, TINY), "--checkpoint_interval", "5", "--n_iters", "100000", "--out", str(tmp_path / "killed")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=SCRIPT_ENV)
     deadline = time.monotonic() + 120
     while True:
         found = list((tmp_path / "killed").glob("*/metrics.csv"))
@@ -37,12 +29,12 @@ def test_sigkill_loses_at_most_checkpoint_interval_and_resume_is_exact(tmp_path)
     process.wait()
     run_dir = found[0].parent
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"]
-    logged = len(metric_rows(run_dir))
+    logged = len(read_metrics(run_dir))
     assert saved % 5 == 0 and 0 <= logged - saved <= 5  # a kill costs at most one --checkpoint_interval
 
     resumed = train_script("dcgan", tmp_path / "unused", "--resume", run_dir, "--n_iters", saved + 4)
     straight = train_script("dcgan", tmp_path / "straight", *TINY, "--n_iters", saved + 4)
-    assert metric_rows(resumed.dir) == metric_rows(straight.dir)  # no duplicated or missing rows, same losses
+    assert read_metrics(resumed.dir) == read_metrics(straight.dir)  # no duplicated or missing rows, same losses
 
 
 def test_nan_stops_before_it_is_saved(tmp_path, monkeypatch):
@@ -52,14 +44,13 @@ def test_nan_stops_before_it_is_saved(tmp_path, monkeypatch):
     with pytest.raises(common.Diverged, match=r"loss_G became nan at step 3: training diverged.*--lr; the last good checkpoint is .*--resume"):
         train_script("dcgan", tmp_path, "--resume", first.dir, "--n_iters", 5)
     assert (first.dir / "checkpoint.pt").read_bytes() == before
-    assert [row["step"] for row in metric_rows(first.dir)] == ["1", "2"]
+    assert [row["step"] for row in read_metrics(first.dir)] == ["1", "2"]
 
 
 def test_nan_on_the_command_line_is_one_line_exit_1(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(
         [sys.executable, str(ROOT / "dcgan.py"), *map(str, TINY), "--lr", "1e30", "--n_iters", "50", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env,
+        capture_output=True, text=True, env=SCRIPT_ENV,
     )
     assert done.returncode == 1, done.stderr
     error = done.stderr.strip().splitlines()[-1]
@@ -69,7 +60,7 @@ def test_nan_on_the_command_line_is_one_line_exit_1(tmp_path):
 def test_deterministic_flag_runs_and_same_seed_same_metrics(tmp_path):
     a = train_script("dcgan", tmp_path / "a", *TINY, "--n_iters", 3, "--deterministic")
     b = train_script("dcgan", tmp_path / "b", *TINY, "--n_iters", 3)
-    assert metric_rows(a.dir) == metric_rows(b.dir)
+    assert read_metrics(a.dir) == read_metrics(b.dir)
     torch.use_deterministic_algorithms(False)
 
 
