@@ -30,7 +30,6 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import common
