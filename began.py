@@ -55,6 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--gamma", type=common.positive_float, default=0.5, help="diversity ratio E[L(G(z))] / E[L(x)] that k_t maintains (paper: 0.5)")
     parser.add_argument("--lambda_k", type=common.positive_float, default=0.001, help="learning rate of the control variable k_t (paper: 0.001)")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
+    parser.add_argument("--nan_policy", choices=("stop", "skip"), default="stop", help=f"on a NaN or infinite loss: stop, keeping the last good checkpoint, or skip that update and go on; {common.MAX_SKIPPED_IN_A_ROW} skipped updates without a finite step in between stop the run")
     parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
@@ -209,11 +210,13 @@ def train(opt):
                 loss_D = loss_real - k_t * loss_fake
                 optimizer_D.zero_grad(set_to_none=True)
                 loss_D.backward()
-                optimizer_D.step()
+                if run.accepts(loss_D):  # under --nan_policy skip a NaN/Inf loss changes no weight
+                    optimizer_D.step()
                 # k_t and M are measurements, not part of any graph.
                 loss_real, loss_fake = loss_real.detach(), loss_fake.detach()
                 m_global = convergence_measure(loss_real, loss_fake, opt.gamma)
-                k_t = update_k(k_t, loss_real, loss_fake, opt.gamma, opt.lambda_k)
+                # Held where the loss is NaN/Inf (a skipped update): one bad batch must not make k_t NaN for good.
+                k_t = torch.where(loss_D.isfinite(), update_k(k_t, loss_real, loss_fake, opt.gamma, opt.lambda_k), k_t)
                 d_steps += 1
                 if d_steps % opt.n_critic:
                     continue
@@ -225,7 +228,8 @@ def train(opt):
                 loss_G = reconstruction_loss(generator(z), discriminator)
                 optimizer_G.zero_grad(set_to_none=True)
                 loss_G.backward()
-                optimizer_G.step()
+                if run.accepts(loss_G):
+                    optimizer_G.step()
                 step += 1
                 if opt.lr_patience:
                     scheduler_G.step(m_global)
@@ -237,7 +241,6 @@ def train(opt):
                 seconds = time.perf_counter() - start
                 values = torch.stack([loss_D, loss_G, loss_real, k_t, m_global]).tolist()
                 metrics = dict(zip(("loss_D", "loss_G", "L_x", "k_t", "M"), values))
-                run.check_finite(metrics, step)
                 run.log(step=step, epoch=epoch + 1, **metrics, lr=optimizer_G.param_groups[0]["lr"], seconds=seconds)
                 progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
                 if step % opt.sample_interval == 0:

@@ -65,6 +65,10 @@ class Diverged(Exception):
     """A loss became NaN or infinite: reported as one line, exit code 1, the last checkpoint untouched."""
 
 
+# Under --nan_policy skip, this many skipped updates with no finite step between them mean the run cannot recover.
+MAX_SKIPPED_IN_A_ROW = 20
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
@@ -156,6 +160,16 @@ def seed_everything(seed, deterministic=False):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _reset_nan_running_stats(objects):
+    """A batch skipped for NaN still went through BatchNorm's forward in training mode and left NaN
+    running statistics (used only in eval mode): restart them rather than checkpoint NaN."""
+    for obj in objects:
+        for module in obj.modules() if isinstance(obj, torch.nn.Module) else ():
+            stats = [getattr(module, "running_mean", None), getattr(module, "running_var", None)]
+            if hasattr(module, "reset_running_stats") and any(t is not None and not t.isfinite().all() for t in stats):
+                module.reset_running_stats()
 
 
 def rng_state():
@@ -561,6 +575,8 @@ class Run:
         config = dict(vars(opt), script=self.script, torch=torch.__version__)
         (self.dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         self._epoch_sums, self._epoch_count, self._columns = {}, 0, None
+        self.nan_policy = getattr(opt, "nan_policy", "stop")
+        self.skipped, self._epoch_skipped, self._skipped_in_a_row = 0, 0, 0
 
     # -- metrics ---------------------------------------------------------------------------------
     def resume_metrics(self, step):
@@ -576,7 +592,15 @@ class Run:
                 csv.writer(f).writerows(kept)
 
     def log(self, **row):
-        """Append one row (its first column is the step) to metrics.csv and add it to the epoch's means."""
+        """Append one row (its first column is the step) to metrics.csv and add it to the epoch's means.
+        A NaN or infinite value stops the run before it is written or reaches a checkpoint; under
+        --nan_policy skip, whose updates were not applied, the row is left out instead."""
+        bad = [name for name, value in row.items() if isinstance(value, float) and not math.isfinite(value)]
+        if bad and self.nan_policy == "skip":
+            return
+        if bad:
+            raise Diverged(f"{bad[0]} became {row[bad[0]]} at step {row['step']}: training diverged, most often from too high a --lr; {self._last_good()} with a lower --lr, or --nan_policy skip")
+        self._skipped_in_a_row = 0
         if self._columns is None:
             self._columns = list(row)
             with open(self.metrics_path, "w", newline="") as f:
@@ -592,15 +616,28 @@ class Run:
         """The means of the metrics logged since the last call, as 'name value' text."""
         count = max(self._epoch_count, 1)
         text = "  ".join(f"{k} {v / count:.4f}" for k, v in self._epoch_sums.items())
-        self._epoch_sums, self._epoch_count = {}, 0
+        if self._epoch_skipped:
+            text += f"  skipped {self._epoch_skipped} NaN/Inf updates"
+        self._epoch_sums, self._epoch_count, self._epoch_skipped = {}, 0, 0
         return text
 
-    def check_finite(self, metrics, step):
-        """Stop at the first NaN or infinite metric, before it is logged or reaches a checkpoint."""
-        bad = [name for name, value in metrics.items() if not math.isfinite(value)]
-        if bad:
-            saved = f"the last good checkpoint is {self.checkpoint_path}: --resume {self.dir}" if self.checkpoint_path.exists() else "no checkpoint was written yet: start again"
-            raise Diverged(f"{bad[0]} became {metrics[bad[0]]} at step {step}: training diverged, most often from too high a --lr; {saved} with a lower --lr")
+    def accepts(self, loss):
+        """Whether to apply the update for `loss`. Under --nan_policy stop, always: log() stops the
+        run at the first non-finite value without a device sync per update. Under skip, only when
+        `loss` is finite, so the weights never take a NaN step; skipped updates are counted."""
+        if self.nan_policy == "stop":
+            return True
+        if torch.isfinite(loss).item():
+            return True
+        self.skipped, self._epoch_skipped, self._skipped_in_a_row = self.skipped + 1, self._epoch_skipped + 1, self._skipped_in_a_row + 1
+        if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise Diverged(f"{self._skipped_in_a_row} updates were skipped for a NaN or infinite loss with no finite step between them: training no longer recovers; {self._last_good()} with a lower --lr")
+        return False
+
+    def _last_good(self):
+        if self.checkpoint_path.exists():
+            return f"the last good checkpoint is {self.checkpoint_path}: --resume {self.dir}"
+        return "no checkpoint was written yet: start again"
 
     # -- samples ---------------------------------------------------------------------------------
     def save_samples(self, images, step, nrow=8):
@@ -614,6 +651,8 @@ class Run:
         """Atomically write checkpoint.pt: the state_dict of each of `objects` (nets, optimizers)
         under its name, plus `state`, the run's arguments and every random generator's state.
         The previous checkpoint is kept as checkpoint.prev.pt."""
+        if self.skipped:
+            _reset_nan_running_stats(objects.values())
         checkpoint = {name: obj.state_dict() for name, obj in objects.items()}
         checkpoint.update(state, args=vars(opt), script=self.script, rng=rng_state())
         tmp = self.checkpoint_path.with_suffix(".tmp")

@@ -52,6 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in the critic's first layer; doubles per layer")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
+    parser.add_argument("--nan_policy", choices=("stop", "skip"), default="stop", help=f"on a NaN or infinite loss: stop, keeping the last good checkpoint, or skip that update and go on; {common.MAX_SKIPPED_IN_A_ROW} skipped updates without a finite step in between stop the run")
     parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
@@ -218,8 +219,9 @@ def train(opt):
                 loss_D = critic_loss(d_real, d_fake)
                 optimizer_D.zero_grad(set_to_none=True)
                 loss_D.backward()
-                optimizer_D.step()
-                clip_weights(discriminator, opt.clip_value)
+                if run.accepts(loss_D):  # under --nan_policy skip a NaN/Inf loss changes no weight
+                    optimizer_D.step()
+                    clip_weights(discriminator, opt.clip_value)
                 d_steps += 1
                 if d_steps < critic_steps(step, opt.n_critic, opt.n_critic_boost):
                     continue
@@ -232,7 +234,8 @@ def train(opt):
                 loss_G = generator_loss(discriminator(generator(z)))
                 optimizer_G.zero_grad(set_to_none=True)
                 loss_G.backward()
-                optimizer_G.step()
+                if run.accepts(loss_G):
+                    optimizer_G.step()
                 step += 1
 
                 # ---------------------
@@ -241,7 +244,6 @@ def train(opt):
                 seconds = time.perf_counter() - start
                 values = torch.stack([loss_D, loss_G, d_real.mean() - d_fake.mean()]).tolist()
                 metrics = dict(zip(("loss_D", "loss_G", "W_estimate"), values))
-                run.check_finite(metrics, step)
                 run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
                 progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
                 if step % opt.sample_interval == 0:

@@ -11,6 +11,8 @@ import torch
 import common
 import dcgan
 from conftest import ROOT, SCRIPT_ENV, read_metrics, train_script
+from test_scripts import SCRIPTS
+from test_scripts import TINY as SCRIPT_TINY
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
 
@@ -45,6 +47,48 @@ def test_nan_stops_before_it_is_saved(tmp_path, monkeypatch):
         train_script("dcgan", tmp_path, "--resume", first.dir, "--n_iters", 5)
     assert (first.dir / "checkpoint.pt").read_bytes() == before
     assert [row["step"] for row in read_metrics(first.dir)] == ["1", "2"]
+
+
+def poison_second_batch(monkeypatch):
+    """Make the second batch of the first epoch all NaN, in every script and every domain."""
+    clean_epoch = common.Batches.epoch
+
+    def epoch(self, epoch, skip=0):
+        for index, (images, labels) in enumerate(clean_epoch(self, epoch, skip), start=skip):
+            yield (images * float("nan") if (epoch, index) == (0, 1) else images), labels
+
+    monkeypatch.setattr(common.Batches, "epoch", epoch)
+
+
+def all_finite(state):
+    """Whether every floating-point tensor in a checkpoint (nets, optimizer moments, k_t) is finite."""
+    if isinstance(state, torch.Tensor):
+        return not state.is_floating_point() or bool(state.isfinite().all())
+    if isinstance(state, dict):
+        return all(all_finite(value) for value in state.values())
+    if isinstance(state, (list, tuple)):
+        return all(all_finite(value) for value in state)
+    return True  # plain numbers: ReduceLROnPlateau keeps an infinite `mode_worse` by design
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_nan_policy_skip_passes_over_a_bad_batch(script, tmp_path, monkeypatch):
+    poison_second_batch(monkeypatch)
+    run = train_script(script, tmp_path, *SCRIPT_TINY, *SCRIPTS[script], "--n_critic", 1, "--n_iters", 4, "--nan_policy", "skip")
+    assert run.skipped == 1  # the poisoned D update; G's loss never sees the real batch
+    assert [row["step"] for row in read_metrics(run.dir)] == ["1", "3", "4"]  # the NaN row is left out
+    checkpoint = torch.load(run.checkpoint_path, weights_only=False)
+    assert checkpoint["step"] == 4 and all_finite(checkpoint)  # weights, optimizer moments, k_t
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(common.Diverged, match="at step 2: training diverged"):
+        train_script(script, stopped, *SCRIPT_TINY, *SCRIPTS[script], "--n_critic", 1, "--n_iters", 4)
+
+
+def test_nan_policy_skip_gives_up_when_every_update_is_nan(tmp_path, monkeypatch):
+    monkeypatch.setattr(dcgan, "generator_loss", lambda logits: logits.mean() * float("nan"))
+    with pytest.raises(common.Diverged, match=f"{common.MAX_SKIPPED_IN_A_ROW} updates were skipped for a NaN or infinite loss with no finite step between them"):
+        train_script("dcgan", tmp_path, *TINY, "--n_iters", 50, "--nan_policy", "skip")
 
 
 def test_nan_on_the_command_line_is_one_line_exit_1(tmp_path):
