@@ -63,6 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
     parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
+    common.add_evaluation_args(parser)
     return parser.parse_args(argv)
 
 
@@ -163,6 +164,7 @@ def train(opt):
     device = common.get_device(opt.device)
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
+    evaluator = common.Evaluator(opt, data, device)  # --fid/--fcd nets load now: a missing download fails before training
     run = common.Run(opt, __file__)
 
     # PyTorch's default initialisation: the paper prescribes none, and there is no BatchNorm to tune.
@@ -191,6 +193,14 @@ def train(opt):
 
     def save_checkpoint():
         run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, k_t=k_t, seconds=seconds)
+
+    def generate(n, rng):
+        """n fakes from noise drawn from `rng`, for --fid/--fcd and --save_fakes: (images, labels or None)."""
+        return generator(torch.rand(n, opt.latent_dim, device=device, generator=rng) * 2 - 1), None
+
+    if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
+        print(f"wrote {opt.generate} fakes into {evaluator.save_fakes(generate, opt.generate, run.dir / 'fakes')}")
+        return run
 
     print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
     n_iters = opt.n_iters or float("inf")
@@ -245,6 +255,8 @@ def train(opt):
                 progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
                 if step % opt.sample_interval == 0:
                     save_samples()
+                if opt.fid_interval and step % opt.fid_interval == 0:
+                    run.log_eval(step, evaluator.score(generate, step))
                 if step % opt.checkpoint_interval == 0:
                     save_checkpoint()
                 if step >= n_iters or interrupt.requested:
@@ -260,6 +272,11 @@ def train(opt):
     if interrupt.requested:
         print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
         raise KeyboardInterrupt
+    if evaluator:
+        run.log_eval(step, evaluator.score(generate, step))
+    if opt.save_fakes:
+        evaluator.save_fakes(generate, opt.save_fakes, run.dir / "fakes")
+    run.finish(step, seconds)
     print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
     return run
 

@@ -58,6 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
     parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
     parser.add_argument("--label", type=common.nonnegative_int, help="with --resume: save a grid of this class (0 = first class) from the checkpoint and exit without training")
+    common.add_evaluation_args(parser)
     opt = parser.parse_args(argv)
     if opt.label is not None and not opt.resume:
         parser.error("--label draws from a trained generator: pass --resume RUN_FOLDER with it")
@@ -173,6 +174,7 @@ def train(opt):
         source = f"{opt.data_root} has no class sub-folders" if opt.dataset == "folder" else f"{opt.dataset} has no labels"
         raise common.UsageError(f"--dataset {opt.dataset}: {source}; cgan needs labelled data: put each class's images in its own sub-folder of --data_root, or use digits, mnist, fashion or cifar10")
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
+    evaluator = common.Evaluator(opt, data, device)  # --fid/--fcd nets load now: a missing download fails before training
     run = common.Run(opt, __file__)
 
     generator = Generator(opt.latent_dim, data.n_classes, opt.channels, opt.img_size, opt.ngf).to(device)
@@ -204,6 +206,15 @@ def train(opt):
 
     def save_checkpoint():
         run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
+
+    def generate(n, rng):
+        """n fakes from noise drawn from `rng`, for --fid/--fcd and --save_fakes: (images, labels or None)."""
+        labels = torch.arange(n, device=device) % data.n_classes  # every class in turn
+        return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng), labels), labels
+
+    if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
+        print(f"wrote {opt.generate} fakes into {evaluator.save_fakes(generate, opt.generate, run.dir / 'fakes')}")
+        return run
 
     print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
     n_iters = opt.n_iters or float("inf")
@@ -252,6 +263,8 @@ def train(opt):
                 progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
                 if step % opt.sample_interval == 0:
                     save_samples()
+                if opt.fid_interval and step % opt.fid_interval == 0:
+                    run.log_eval(step, evaluator.score(generate, step))
                 if step % opt.checkpoint_interval == 0:
                     save_checkpoint()
                 if step >= n_iters or interrupt.requested:
@@ -267,6 +280,11 @@ def train(opt):
     if interrupt.requested:
         print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
         raise KeyboardInterrupt
+    if evaluator:
+        run.log_eval(step, evaluator.score(generate, step))
+    if opt.save_fakes:
+        evaluator.save_fakes(generate, opt.save_fakes, run.dir / "fakes")
+    run.finish(step, seconds)
     print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
     return run
 

@@ -63,6 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
     parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
+    common.add_evaluation_args(parser)
     opt = parser.parse_args(argv)
     if (opt.domain_b == "folder") != (opt.data_root_b is not None):
         parser.error("--domain_b folder and --data_root_b DIR go together: pass both, or neither")
@@ -186,6 +187,7 @@ def train(opt):
     data_b = common.load_images("folder", opt.data_root_b, opt.img_size, opt.channels) if opt.domain_b == "folder" else data
     batches_b = common.Batches(data_b, opt.batch_size, device, opt.seed + 1, opt.n_cpu)
     to_domain_b = {"negative": torch.neg, "edges": edges, "folder": nn.Identity()}[opt.domain_b]  # 1 - x on [0, 1] is -x on [-1, 1]
+    evaluator = common.Evaluator(opt, data, device)  # --fid/--fcd nets load now: a missing download fails before training
     run = common.Run(opt, __file__)
 
     generator = CoupledGenerators(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
@@ -221,6 +223,15 @@ def train(opt):
 
     def save_checkpoint():
         run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
+
+    def generate(n, rng):
+        """n fakes from noise drawn from `rng`, for --fid/--fcd and --save_fakes: (images, labels or None)."""
+        # Domain A: the data set that the scores compare with (B is made from it or from --data_root_b).
+        return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng))[0], None
+
+    if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
+        print(f"wrote {opt.generate} fakes into {evaluator.save_fakes(generate, opt.generate, run.dir / 'fakes')}")
+        return run
 
     print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
     n_iters = opt.n_iters or float("inf")
@@ -270,6 +281,8 @@ def train(opt):
                 progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
                 if step % opt.sample_interval == 0:
                     save_samples()
+                if opt.fid_interval and step % opt.fid_interval == 0:
+                    run.log_eval(step, evaluator.score(generate, step))
                 if step % opt.checkpoint_interval == 0:
                     save_checkpoint()
                 if step >= n_iters or interrupt.requested:
@@ -285,6 +298,11 @@ def train(opt):
     if interrupt.requested:
         print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
         raise KeyboardInterrupt
+    if evaluator:
+        run.log_eval(step, evaluator.score(generate, step))
+    if opt.save_fakes:
+        evaluator.save_fakes(generate, opt.save_fakes, run.dir / "fakes")
+    run.finish(step, seconds)
     print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
     return run
 

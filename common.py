@@ -13,12 +13,15 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import signal
 import sys
+import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -96,7 +99,12 @@ class ArgumentParser(argparse.ArgumentParser):
             known = {action.dest for action in self._actions}
             defaults.update({k: v for k, v in saved.items() if k in known and k != "resume"})
         self.set_defaults(**defaults)
-        return super().parse_args(args, namespace)
+        opt = super().parse_args(args, namespace)
+        if getattr(opt, "generate", None) and not opt.resume:
+            self.error("--generate writes fakes from a trained generator: pass --resume RUN_FOLDER with it")
+        if getattr(opt, "fid_interval", None) and not (opt.fid or opt.fcd):
+            self.error("--fid_interval says how often to score: add --fid or --fcd")
+        return opt
 
 
 def _number(kind, low, low_inclusive, high=None):
@@ -552,6 +560,12 @@ class Run:
     def __init__(self, opt, script):
         self.script = Path(script).stem
         self.resumed = None
+        SummaryWriter = None
+        if getattr(opt, "tensorboard", False):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard, or drop --tensorboard")
         if getattr(opt, "resume", None):
             # Checked before anything is written, so a refused --resume leaves the run folder as it was.
             self.resumed = _compatible_checkpoint(opt, self.script)
@@ -576,6 +590,8 @@ class Run:
         (self.dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         self._epoch_sums, self._epoch_count, self._columns = {}, 0, None
         self.nan_policy = getattr(opt, "nan_policy", "stop")
+        self.opt, self.scores = opt, {}
+        self.tensorboard = SummaryWriter(self.dir / "tensorboard") if SummaryWriter else None
         self.skipped, self._epoch_skipped, self._skipped_in_a_row = 0, 0, 0
 
     # -- metrics ---------------------------------------------------------------------------------
@@ -607,10 +623,50 @@ class Run:
                 csv.writer(f).writerow(self._columns)
         with open(self.metrics_path, "a", newline="") as f:
             csv.writer(f).writerow([_format(row.get(c, "")) for c in self._columns])
+        if self.tensorboard:
+            for name, value in row.items():
+                if name not in ("step", "epoch"):
+                    self.tensorboard.add_scalar(f"train/{name}", value, row["step"])
         for key, value in row.items():
             if key not in ("step", "epoch", "seconds"):
                 self._epoch_sums[key] = self._epoch_sums.get(key, 0.0) + value
         self._epoch_count += 1
+
+    def log_eval(self, step, scores):
+        """Write the scores (fid, fcd...) into the metrics.csv row of `step`, adding their columns."""
+        if not scores or self.scores is scores:  # already logged: scored at the interval and at the end
+            return
+        rows = []
+        if self.metrics_path.exists():
+            with open(self.metrics_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        row = next((r for r in rows if int(r["step"]) == step), None)
+        if row is None:
+            rows.append(row := {"step": step})
+        row.update({name: _format(value) for name, value in scores.items()})
+        self._columns = (self._columns or ["step"]) + [name for name in scores if name not in (self._columns or [])]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, self._columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.metrics_path)
+        self.scores = scores
+        if self.tensorboard:
+            for name, value in scores.items():
+                self.tensorboard.add_scalar(f"score/{name}", value, step)
+        tqdm.write(f"step {step}  " + "  ".join(f"{name} {value:.4g}" for name, value in scores.items()))
+
+    def finish(self, step, seconds):
+        """Write summary.json: where the run got to, its last grid and its last scores."""
+        grids = sorted((self.dir / "samples").glob("*.png"))
+        summary = dict(
+            script=self.script, dataset=self.opt.dataset, img_size=self.opt.img_size, channels=self.opt.channels,
+            step=step, seconds=round(seconds, 1), samples=str(grids[-1].relative_to(self.dir)) if grids else None, **self.scores,
+        )
+        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.tensorboard:
+            self.tensorboard.close()
 
     def epoch_summary(self):
         """The means of the metrics logged since the last call, as 'name value' text."""
@@ -644,6 +700,10 @@ class Run:
         """Save a grid of generator outputs (in [-1, 1]) as samples/<step>.png; returns the path."""
         path = self.dir / "samples" / f"{step:07d}.png"
         save_grid(images, path, nrow)
+        if self.tensorboard:
+            from torchvision.utils import make_grid
+
+            self.tensorboard.add_image("samples", make_grid(images.detach().float().cpu(), nrow, normalize=True, value_range=(-1, 1)), step)
         return path
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -720,6 +780,246 @@ def save_grid(images, path, nrow=8):
     from torchvision.utils import save_image
 
     save_image(images.detach().float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sample quality: FID and an offline classifier measure
+# --------------------------------------------------------------------------------------------------
+def add_evaluation_args(parser):
+    """The flags that score samples, write fakes and log to TensorBoard: the same in every script."""
+    parser.add_argument("--fid", action="store_true", help="score the fakes at the end by FID against the training data (pytorch-fid's InceptionV3, 2048-d pool features; its weights are downloaded on first use)")
+    parser.add_argument("--fcd", action="store_true", help="score the fakes at the end by the Frechet distance in the features of a small classifier trained once on the labelled training data, with the share of confident fakes and the classes they cover: no download (digits, mnist, fashion, class folders)")
+    parser.add_argument("--fid_interval", type=positive_int, help="with --fid or --fcd, also score every this many generator steps (default: only at the end)")
+    parser.add_argument("--fid_samples", type=positive_int, default=10000, help="fakes per score; the real side uses as many training images, at most the whole data set")
+    parser.add_argument("--fid_weights", help="a local copy of pytorch-fid's Inception weights (%s), for machines without network" % FID_WEIGHTS)
+    parser.add_argument("--save_fakes", type=nonnegative_int, default=0, help="at the end, write this many fakes as PNG files into <run>/fakes (per class for cgan), for `python -m pytorch_fid <run>/fakes <real images>`")
+    parser.add_argument("--generate", type=positive_int, help="with --resume: write this many fakes from the checkpoint into <run>/fakes and exit without training")
+    parser.add_argument("--tensorboard", action="store_true", help="also log the metrics and sample grids for TensorBoard into <run>/tensorboard (needs `pip install tensorboard`)")
+
+
+# pytorch-fid downloads its Inception weights from FID_WEIGHTS_URL into torch.hub's cache.
+FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS
+# Inception's 2048-d pool features, the FID of the literature (pytorch-fid also offers 64, 192 and 768).
+FID_DIMS = 2048
+
+# A classifier probability at least this high counts a fake as a confident, recognisable member of a class.
+CONFIDENT = 0.9
+
+
+def frechet_distance(stats_a, stats_b):
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians (mu, S) fitted to features."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    with warnings.catch_warnings():  # a singular covariance (few samples) is handled inside, with an offset
+        warnings.simplefilter("ignore")
+        return float(calculate_frechet_distance(stats_a[0], stats_a[1], stats_b[0], stats_b[1]))
+
+
+def feature_stats(features):
+    features = features.double().cpu().numpy()
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def fakes(generate, n, batch_size, seed, device):
+    """Yield (images, labels) batches of `generate(count, rng)` until n fakes: from a noise stream of
+    their own (the same at every call), so scoring leaves the training's random numbers untouched."""
+    rng = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            images, labels = generate(min(batch_size, n - start), rng)
+            # Quantised to 8 bits, as the PNG files that pytorch-fid would read.
+            yield images.clamp(-1, 1).add(1).mul(127.5).round().div(127.5).sub(1), labels
+
+
+class FeatureClassifier(torch.nn.Module):
+    """A small CNN for --fcd: its 64 pooled features stand in for Inception's where labels exist."""
+
+    def __init__(self, channels, n_classes):
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(64, n_classes)
+
+    def forward(self, images):
+        return self.head(self.features(images))
+
+
+class Evaluator:
+    """--fid and --fcd: scores for the fakes against the training data, each a Frechet distance
+    between Gaussians fitted to features of real and fake images (lower is better).
+    - fid: pytorch-fid's InceptionV3 pool features, the number papers report; needs its weights.
+    - fcd: the features of a small classifier trained on the real labelled data, with `confident`
+      (the share of fakes it assigns a class with p >= 0.9) and `classes` (how many classes those
+      cover). No download; meaningful where a classifier separates the classes well (digits).
+    The nets and the real statistics are built before training (so a missing download fails at
+    once) and cached beside the data: <data_root>/fid_stats, or <folder>_fid_stats for a folder."""
+
+    def __init__(self, opt, data, device):
+        self.opt, self.data, self.device = opt, data, device
+        self.enabled = opt.fid or opt.fcd
+        self.scores = {}
+        if not self.enabled:
+            return
+        root = Path(opt.data_root).expanduser().resolve()
+        self.cache = root.with_name(root.name + "_fid_stats") if opt.dataset == "folder" else root / "fid_stats"
+        self.n_real = min(opt.fid_samples, len(data) // opt.batch_size * opt.batch_size)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # leave training's random numbers as they were
+            if opt.fcd:
+                self.classifier, self.fcd_stats = self._classifier()
+            if opt.fid:
+                self.inception = inception_model(opt.fid_weights, device)
+                self.fid_stats = self._inception_stats()
+
+    def __bool__(self):
+        return bool(self.enabled)
+
+    def _cached(self, kind, suffix):
+        """The cache file for `kind` of this data set and size, or None where the cache cannot be written."""
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(f"warning: cannot cache scoring statistics in {self.cache} ({error.strerror}): they are recomputed each run", file=sys.stderr)
+            return None
+        return self.cache / f"{kind}_{self.data.name}_{self.data.img_size}x{self.data.channels}{suffix}"
+
+    def _real_batches(self, n):
+        batches = Batches(self.data, self.opt.batch_size, self.device, seed=0, n_workers=self.opt.n_cpu)
+        return (images for _, (images, _) in zip(range(n // self.opt.batch_size), batches.epoch(0)))
+
+    def _inception_stats(self):
+        path = self._cached(f"inception{FID_DIMS}", f"_{self.n_real}.npz")
+        if path and path.exists():
+            with np.load(path) as stats:
+                return stats["mu"], stats["sigma"]
+        print(f"FID: Inception statistics of {self.n_real} real images, once", file=sys.stderr)
+        stats = feature_stats(torch.cat([self.inception_features(images) for images in self._real_batches(self.n_real)]))
+        if path:
+            np.savez(path, mu=stats[0], sigma=stats[1])  # pytorch-fid's own .npz layout
+        return stats
+
+    def inception_features(self, images):
+        with torch.no_grad():
+            rgb = images.expand(-1, 3, -1, -1) if images.size(1) == 1 else images
+            # Pooled to one vector per image as pytorch-fid does (the 2048-d block is pooled already).
+            return F.adaptive_avg_pool2d(self.inception((rgb + 1) / 2)[0], 1).flatten(1)
+
+    def _classifier(self):
+        data = self.data
+        if data.labels is None or data.n_classes < 2:
+            raise UsageError(f"--fcd needs labelled data with at least two classes and {data.name} has none: use --fid, or a folder with one sub-folder per class")
+        if data.images is None:
+            raise UsageError(f"--fcd trains its classifier in memory and {data.name} is too large to hold there: use --fid")
+        torch.manual_seed(0)  # inside fork_rng: the same classifier whatever the run's --seed
+        classifier = FeatureClassifier(data.channels, data.n_classes).to(self.device)
+        path = self._cached("classifier", ".pt")
+        if path and path.exists():
+            saved = torch.load(path, map_location=self.device, weights_only=False)
+            classifier.load_state_dict(saved["classifier"])
+            return classifier.eval(), (saved["mu"], saved["sigma"])
+        classifier, accuracy = train_classifier(classifier, data, self.device)
+        print(f"FCD: trained a classifier on {len(data)} {data.name} images once: {accuracy:.1%} accurate on a held-out tenth", file=sys.stderr)
+        with torch.no_grad():
+            stats = feature_stats(torch.cat([classifier.features(images) for images in self._real_batches(self.n_real)]))
+        if path:
+            torch.save(dict(classifier=classifier.state_dict(), mu=stats[0], sigma=stats[1], accuracy=accuracy, classes=data.classes), path)
+        return classifier, stats
+
+    def score(self, generate, step):
+        """The scores of `generate(n, rng) -> (images in [-1, 1], labels or None)` at `step`; computed
+        once per step."""
+        if step not in self.scores:
+            features, inception, counts = [], [], torch.zeros(self.data.n_classes or 1)
+            for images, _ in fakes(generate, self.opt.fid_samples, self.opt.batch_size, self.opt.seed, self.device):
+                if self.opt.fcd:
+                    with torch.no_grad():
+                        features.append(self.classifier.features(images))
+                        probabilities = self.classifier.head(features[-1]).softmax(1)
+                    confident, predicted = probabilities.max(1)
+                    counts += torch.bincount(predicted[confident >= CONFIDENT].cpu(), minlength=len(counts))
+                if self.opt.fid:
+                    inception.append(self.inception_features(images))
+            scores = {}
+            if self.opt.fid:
+                scores["fid"] = frechet_distance(feature_stats(torch.cat(inception)), self.fid_stats)
+            if self.opt.fcd:
+                scores["fcd"] = frechet_distance(feature_stats(torch.cat(features)), self.fcd_stats)
+                scores["confident"] = counts.sum().item() / self.opt.fid_samples
+                scores["classes"] = int((counts > 0).sum())
+            self.scores[step] = scores
+        return self.scores[step]
+
+
+    def save_fakes(self, generate, n, folder):
+        """Write n fakes as PNG files into `folder` (one sub-folder per class when `generate` gives
+        labels), the input pytorch-fid's command line expects; returns the folder."""
+        written = 0
+        for images, labels in fakes(generate, n, self.opt.batch_size, self.opt.seed, self.device):
+            pixels = images.add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for index, array in enumerate(pixels):
+                target = folder / self.data.classes[int(labels[index])] if labels is not None else folder
+                target.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(target / f"{written:06d}.png")
+                written += 1
+        return folder
+
+
+def train_classifier(classifier, data, device, steps=1200, batch_size=64):
+    """Fit the --fcd classifier on nine tenths of the data (seeded); returns it in eval mode and its
+    accuracy on the tenth held out."""
+    rng = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(data), generator=rng)
+    held_out, train = order[: len(data) // 10], order[len(data) // 10:]
+    images = data.images.to(device)
+    labels = data.labels.to(device)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=3e-3)
+    classifier.train()
+    for _ in range(steps):
+        batch = train[torch.randint(len(train), (batch_size,), generator=rng)].to(device)
+        loss = F.cross_entropy(classifier(Batches._to_float(images[batch])), labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    classifier.eval()
+    with torch.no_grad():
+        correct = sum((classifier(Batches._to_float(images[i])).argmax(1) == labels[i]).sum().item() for i in held_out.to(device).split(256))
+    return classifier, correct / max(len(held_out), 1)
+
+
+def inception_model(weights, device):
+    """pytorch-fid's InceptionV3 (FID_DIMS features), from torch.hub's cache, a download, or
+    --fid_weights; one clear line when none of these works."""
+    from pytorch_fid.inception import InceptionV3
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    hub_dir = torch.hub.get_dir()
+    try:
+        if weights:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise UsageError(f"--fid_weights {path}: no such file; pass the path of {FID_WEIGHTS} (from {FID_WEIGHTS_URL})")
+            with tempfile.TemporaryDirectory() as folder:
+                # pytorch-fid loads from torch.hub's cache by file name: show it the local copy there.
+                (Path(folder) / "checkpoints").mkdir()
+                (Path(folder) / "checkpoints" / FID_WEIGHTS).symlink_to(path.resolve())
+                torch.hub.set_dir(folder)
+                model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]])
+        else:
+            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]])
+    except OSError as error:  # urllib's URLError included: offline, or the download failed
+        raise UsageError(
+            f"--fid needs pytorch-fid's Inception weights {FID_WEIGHTS} and could not download them ({_first_line(error)}): "
+            f"put the file from {FID_WEIGHTS_URL} into {cache}, or pass --fid_weights PATH to a local copy"
+        )
+    except (RuntimeError, pickle.UnpicklingError, KeyError) as error:
+        raise UsageError(f"{weights or cache / FID_WEIGHTS} is not pytorch-fid's Inception weights ({_first_line(error)}): download {FID_WEIGHTS_URL} again")
+    finally:
+        torch.hub.set_dir(hub_dir)
+    return model.to(device).eval()
 
 
 # --------------------------------------------------------------------------------------------------

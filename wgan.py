@@ -48,6 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--n_critic", type=common.positive_int, default=5, help="critic steps per generator step (paper: 5)")
     parser.add_argument("--n_critic_boost", type=common.nonnegative_int, default=100, help="critic steps before each of the first 25 and every 500th generator step, as in the authors' code (0: always --n_critic)")
     parser.add_argument("--clip_value", type=common.positive_float, default=0.01, help="critic weights are clipped to [-clip_value, clip_value] (paper: 0.01)")
+    parser.add_argument("--log_grad_norms", action="store_true", help="also log the critic's gradient norm ||grad_x D(x)|| at real and at fake images each step (an extra backward pass each): the quantity behind WGAN-GP's case against clipping")
     parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in the critic's first layer; doubles per layer")
@@ -60,6 +61,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
     parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
+    common.add_evaluation_args(parser)
     return parser.parse_args(argv)
 
 
@@ -164,6 +166,14 @@ def critic_steps(step, n_critic, n_critic_boost):
     return n_critic
 
 
+def input_gradient_norm(critic, images):
+    """Mean over the batch of ||grad_x D(x)||_2: the critic's slope at the images. Logged at real
+    and fake batches by --log_grad_norms, to compare weight clipping with the gradient penalty."""
+    images = images.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(images).sum(), images)
+    return grad.flatten(1).norm(2, dim=1).mean()
+
+
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
@@ -172,6 +182,7 @@ def train(opt):
     device = common.get_device(opt.device)
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
+    evaluator = common.Evaluator(opt, data, device)  # --fid/--fcd nets load now: a missing download fails before training
     run = common.Run(opt, __file__)
 
     generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
@@ -200,6 +211,14 @@ def train(opt):
 
     def save_checkpoint():
         run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
+
+    def generate(n, rng):
+        """n fakes from noise drawn from `rng`, for --fid/--fcd and --save_fakes: (images, labels or None)."""
+        return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng)), None
+
+    if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
+        print(f"wrote {opt.generate} fakes into {evaluator.save_fakes(generate, opt.generate, run.dir / 'fakes')}")
+        return run
 
     print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
     n_iters = opt.n_iters or float("inf")
@@ -244,10 +263,14 @@ def train(opt):
                 seconds = time.perf_counter() - start
                 values = torch.stack([loss_D, loss_G, d_real.mean() - d_fake.mean()]).tolist()
                 metrics = dict(zip(("loss_D", "loss_G", "W_estimate"), values))
+                if opt.log_grad_norms:
+                    metrics.update(grad_norm_real=input_gradient_norm(discriminator, real).item(), grad_norm_fake=input_gradient_norm(discriminator, fake).item())
                 run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
                 progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
                 if step % opt.sample_interval == 0:
                     save_samples()
+                if opt.fid_interval and step % opt.fid_interval == 0:
+                    run.log_eval(step, evaluator.score(generate, step))
                 if step % opt.checkpoint_interval == 0:
                     save_checkpoint()
                 if step >= n_iters or interrupt.requested:
@@ -263,6 +286,11 @@ def train(opt):
     if interrupt.requested:
         print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
         raise KeyboardInterrupt
+    if evaluator:
+        run.log_eval(step, evaluator.score(generate, step))
+    if opt.save_fakes:
+        evaluator.save_fakes(generate, opt.save_fakes, run.dir / "fakes")
+    run.finish(step, seconds)
     print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
     return run
 

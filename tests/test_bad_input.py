@@ -95,6 +95,12 @@ CASES = {
     "resume of a non-checkpoint": ("dcgan", lambda p: ["--resume", not_a_checkpoint(p)], "not a readable checkpoint"),
     "cgan label without resume": ("cgan", lambda p: ["--label", 3], "--label"),
     "cogan folder domain without its folder": ("cogan", lambda p: ["--domain_b", "folder"], "--data_root_b"),
+    "generate without a checkpoint": ("dcgan", lambda p: ["--generate", 10], "--generate"),
+    "fid_interval without a score": ("lsgan", lambda p: ["--fid_interval", 100], "--fid_interval"),
+    "zero fid_samples": ("dcgan", lambda p: ["--fid", "--fid_samples", 0], "--fid_samples"),
+    "missing Inception weights file": ("dcgan", lambda p: ["--fid", "--fid_weights", p / "inception.pth"], "--fid_weights"),
+    "Inception weights that are not": ("dcgan", lambda p: ["--fid", "--fid_weights", not_a_checkpoint(p)], "is not pytorch-fid's Inception weights"),
+    "fcd on unlabelled data": ("wgan", lambda p: ["--dataset", "folder", "--data_root", flat_folder(p), "--fcd"], "--fcd needs labelled data"),
     "unavailable device": ("dcgan", lambda p: ["--device", "cuda:7"], "--device"),
     "not a device": ("dcgan", lambda p: ["--device", "gpu"], "--device"),
 }

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 import wgan_gp
-from conftest import train_script
+from conftest import read_metrics, train_script
 
 
 def test_losses_match_a_hand_computation():
@@ -74,3 +74,16 @@ def test_critic_steps_run_across_epochs(tmp_path):
     run = train_script("wgan_gp", tmp_path, "--img_size", 16, "--batch_size", 512, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--n_iters", 2)
     checkpoint = torch.load(run.checkpoint_path, weights_only=False)
     assert (checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"]) == (2, 3, 1, 10)
+
+
+@pytest.mark.parametrize("script", ["wgan", "wgan_gp"])
+def test_log_grad_norms_measures_the_critics_slope(script, tmp_path):
+    module = __import__(script)
+    # f(x) = ||x||^2 / 2 has gradient x: the mean norm of images with norms 5 and 1 is 3.
+    images = torch.zeros(2, 3, 4, 4)
+    images[0, 0, 0, 0], images[0, 2, 3, 3], images[1, 1, 2, 1] = 3.0, 4.0, 1.0
+    assert module.input_gradient_norm(lambda x: x.pow(2).flatten(1).sum(1) / 2, images).item() == pytest.approx(3.0)
+
+    run = train_script(script, tmp_path, "--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--n_critic_boost" if script == "wgan" else "--n_critic", 0 if script == "wgan" else 5, "--n_iters", 2, "--log_grad_norms")
+    rows = read_metrics(run.dir)
+    assert len(rows) == 2 and all(float(row["grad_norm_real"]) > 0 and float(row["grad_norm_fake"]) > 0 for row in rows)
