@@ -55,6 +55,8 @@ def parse_args(argv=None):
     parser.add_argument("--gamma", type=common.positive_float, default=0.5, help="diversity ratio E[L(G(z))] / E[L(x)] that k_t maintains (paper: 0.5)")
     parser.add_argument("--lambda_k", type=common.positive_float, default=0.001, help="learning rate of the control variable k_t (paper: 0.001)")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast where the device supports it, else float16 with loss scaling (CUDA GPUs; slower on most CPUs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA GPUs: faster steps after a compile of a minute or so)")
     parser.add_argument("--nan_policy", choices=("stop", "skip"), default="stop", help=f"on a NaN or infinite loss: stop, keeping the last good checkpoint, or skip that update and go on; {common.MAX_SKIPPED_IN_A_ROW} skipped updates without a finite step in between stop the run")
     parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder")
@@ -170,12 +172,18 @@ def train(opt):
     # PyTorch's default initialisation: the paper prescribes none, and there is no BatchNorm to tune.
     generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.n_filters).to(device)
     discriminator = Discriminator(opt.channels, opt.img_size, opt.h_dim, opt.n_filters).to(device)
-    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
-    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
+    if opt.compile:  # in place: the state_dict keys, and so the checkpoints, stay the same
+        generator.compile()
+        discriminator.compile()
+    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
     # "Stalls" made concrete: M has not reached a new low for --lr_patience steps; then halve.
     scheduler_G = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer_G, factor=0.5, patience=opt.lr_patience)
     scheduler_D = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer_D, factor=0.5, patience=opt.lr_patience)
-    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D, scheduler_G=scheduler_G, scheduler_D=scheduler_D)
+    # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
+    precision = common.Precision(opt.amp, device)
+    scaler_D, scaler_G = precision.scaler(), precision.scaler()
+    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D, scheduler_G=scheduler_G, scheduler_D=scheduler_D, scaler_D=scaler_D, scaler_G=scaler_G)
 
     # The same noise for every sample grid, so the grids show how G(z) evolves for fixed z.
     fixed_z = torch.rand(64, opt.latent_dim, device=device) * 2 - 1
@@ -213,15 +221,17 @@ def train(opt):
                 # ---------------------
                 #  Train Discriminator
                 # ---------------------
-                z = torch.rand(real.size(0), opt.latent_dim, device=device) * 2 - 1
-                with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
-                    fake = generator(z)
-                loss_real, loss_fake = reconstruction_loss(real, discriminator), reconstruction_loss(fake, discriminator)
-                loss_D = loss_real - k_t * loss_fake
+                with precision.autocast():
+                    z = torch.rand(real.size(0), opt.latent_dim, device=device) * 2 - 1
+                    with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
+                        fake = generator(z)
+                    loss_real, loss_fake = reconstruction_loss(real, discriminator), reconstruction_loss(fake, discriminator)
+                    loss_D = loss_real - k_t * loss_fake
                 optimizer_D.zero_grad(set_to_none=True)
-                loss_D.backward()
+                scaler_D.scale(loss_D).backward()
                 if run.accepts(loss_D):  # under --nan_policy skip a NaN/Inf loss changes no weight
-                    optimizer_D.step()
+                    scaler_D.step(optimizer_D)
+                    scaler_D.update()
                 # k_t and M are measurements, not part of any graph.
                 loss_real, loss_fake = loss_real.detach(), loss_fake.detach()
                 m_global = convergence_measure(loss_real, loss_fake, opt.gamma)
@@ -234,12 +244,14 @@ def train(opt):
                 # -----------------
                 #  Train Generator
                 # -----------------
-                z = torch.rand(real.size(0), opt.latent_dim, device=device) * 2 - 1
-                loss_G = reconstruction_loss(generator(z), discriminator)
+                with precision.autocast():
+                    z = torch.rand(real.size(0), opt.latent_dim, device=device) * 2 - 1
+                    loss_G = reconstruction_loss(generator(z), discriminator)
                 optimizer_G.zero_grad(set_to_none=True)
-                loss_G.backward()
+                scaler_G.scale(loss_G).backward()
                 if run.accepts(loss_G):
-                    optimizer_G.step()
+                    scaler_G.step(optimizer_G)
+                    scaler_G.update()
                 step += 1
                 if opt.lr_patience:
                     scheduler_G.step(m_global)

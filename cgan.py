@@ -49,6 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in D's first layer; doubles per layer")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast where the device supports it, else float16 with loss scaling (CUDA GPUs; slower on most CPUs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA GPUs: faster steps after a compile of a minute or so)")
     parser.add_argument("--nan_policy", choices=("stop", "skip"), default="stop", help=f"on a NaN or infinite loss: stop, keeping the last good checkpoint, or skip that update and go on; {common.MAX_SKIPPED_IN_A_ROW} skipped updates without a finite step in between stop the run")
     parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder")
@@ -181,9 +183,15 @@ def train(opt):
     discriminator = Discriminator(data.n_classes, opt.channels, opt.img_size, opt.ndf).to(device)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
-    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
-    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
-    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
+    if opt.compile:  # in place: the state_dict keys, and so the checkpoints, stay the same
+        generator.compile()
+        discriminator.compile()
+    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
+    # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
+    precision = common.Precision(opt.amp, device)
+    scaler_D, scaler_G = precision.scaler(), precision.scaler()
+    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D, scaler_D=scaler_D, scaler_G=scaler_G)
 
     # The same noise for every sample grid, so the grids show how G(z|y) evolves for fixed z.
     fixed_z = torch.randn(64, opt.latent_dim, device=device)
@@ -227,16 +235,18 @@ def train(opt):
                 # ---------------------
                 #  Train Discriminator
                 # ---------------------
-                z = torch.randn(real.size(0), opt.latent_dim, device=device)
-                fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
-                with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
-                    fake = generator(z, fake_labels)
-                real_logits, fake_logits = discriminator(real, labels), discriminator(fake, fake_labels)
-                loss_D = discriminator_loss(real_logits, fake_logits)
+                with precision.autocast():
+                    z = torch.randn(real.size(0), opt.latent_dim, device=device)
+                    fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
+                    with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
+                        fake = generator(z, fake_labels)
+                    real_logits, fake_logits = discriminator(real, labels), discriminator(fake, fake_labels)
+                    loss_D = discriminator_loss(real_logits, fake_logits)
                 optimizer_D.zero_grad(set_to_none=True)
-                loss_D.backward()
+                scaler_D.scale(loss_D).backward()
                 if run.accepts(loss_D):  # under --nan_policy skip a NaN/Inf loss changes no weight
-                    optimizer_D.step()
+                    scaler_D.step(optimizer_D)
+                    scaler_D.update()
                 d_steps += 1
                 if d_steps % opt.n_critic:
                     continue
@@ -244,13 +254,15 @@ def train(opt):
                 # -----------------
                 #  Train Generator
                 # -----------------
-                z = torch.randn(real.size(0), opt.latent_dim, device=device)
-                fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
-                loss_G = generator_loss(discriminator(generator(z, fake_labels), fake_labels))
+                with precision.autocast():
+                    z = torch.randn(real.size(0), opt.latent_dim, device=device)
+                    fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
+                    loss_G = generator_loss(discriminator(generator(z, fake_labels), fake_labels))
                 optimizer_G.zero_grad(set_to_none=True)
-                loss_G.backward()
+                scaler_G.scale(loss_G).backward()
                 if run.accepts(loss_G):
-                    optimizer_G.step()
+                    scaler_G.step(optimizer_G)
+                    scaler_G.update()
                 step += 1
 
                 # ---------------------

@@ -168,6 +168,25 @@ def seed_everything(seed, deterministic=False):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True  # every batch has the same shape: pick the fastest kernels once
+
+
+class Precision:
+    """--amp: forward passes and losses under autocast in bfloat16 where the device supports it;
+    float16 otherwise, with a GradScaler per optimizer against gradient underflow. Disabled, both
+    are no-ops, so the training loop reads the same either way."""
+
+    def __init__(self, enabled, device):
+        self.enabled, self.device_type = enabled, device.type
+        bfloat16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        self.dtype = torch.bfloat16 if bfloat16 else torch.float16
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def scaler(self):
+        return torch.amp.GradScaler(self.device_type, enabled=self.enabled and self.dtype == torch.float16)
 
 
 def _reset_nan_running_stats(objects):
@@ -625,7 +644,7 @@ class Run:
             csv.writer(f).writerow([_format(row.get(c, "")) for c in self._columns])
         if self.tensorboard:
             for name, value in row.items():
-                if name not in ("step", "epoch"):
+                if name not in ("step", "epoch", "seconds"):
                     self.tensorboard.add_scalar(f"train/{name}", value, row["step"])
         for key, value in row.items():
             if key not in ("step", "epoch", "seconds"):

@@ -52,6 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in the critic's first layer; doubles per layer")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast where the device supports it, else float16 with loss scaling (CUDA GPUs; slower on most CPUs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA GPUs: faster steps after a compile of a minute or so)")
     parser.add_argument("--nan_policy", choices=("stop", "skip"), default="stop", help=f"on a NaN or infinite loss: stop, keeping the last good checkpoint, or skip that update and go on; {common.MAX_SKIPPED_IN_A_ROW} skipped updates without a finite step in between stop the run")
     parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
     parser.add_argument("--out", default="runs", help="folder that receives the run folder")
@@ -157,12 +159,14 @@ def gradient_penalty(critic, real, fake):
     sample, the norm over all of C x H x W; also returns the mean norm. An optimal critic has
     gradient norm 1 almost everywhere on the lines between real and fake samples."""
     eps = torch.rand(real.size(0), 1, 1, 1, device=real.device)
-    xhat = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    # Summing the scores gives each sample's own gradient, as no sample's score depends on another's.
-    # create_graph: the penalty is itself minimised, so its gradient must be differentiable.
-    (grad,) = torch.autograd.grad(critic(xhat).sum(), xhat, create_graph=True)
-    norm = grad.flatten(1).norm(2, dim=1)
-    return ((norm - 1) ** 2).mean(), norm.mean()
+    # In float32 even under --amp: a half-precision double backward loses the penalty's small gradients.
+    with torch.autocast(real.device.type, enabled=False):
+        xhat = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
+        # Summing the scores gives each sample's own gradient, as no sample's score depends on another's.
+        # create_graph: the penalty is itself minimised, so its gradient must be differentiable.
+        (grad,) = torch.autograd.grad(critic(xhat).sum(), xhat, create_graph=True)
+        norm = grad.flatten(1).norm(2, dim=1)
+        return ((norm - 1) ** 2).mean(), norm.mean()
 
 
 def input_gradient_norm(critic, images):
@@ -188,9 +192,14 @@ def train(opt):
     discriminator = Critic(opt.channels, opt.img_size, opt.ndf).to(device)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
-    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
-    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2))
-    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
+    if opt.compile:  # the critic stays eager: compiled code has no double backward for its penalty
+        generator.compile()
+    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
+    # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
+    precision = common.Precision(opt.amp, device)
+    scaler_D, scaler_G = precision.scaler(), precision.scaler()
+    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D, scaler_D=scaler_D, scaler_G=scaler_G)
 
     # The same noise for every sample grid, so the grids show how G(z) evolves for fixed z.
     fixed_z = torch.randn(64, opt.latent_dim, device=device)
@@ -228,16 +237,18 @@ def train(opt):
                 # ---------------------
                 #  Train Critic
                 # ---------------------
-                z = torch.randn(real.size(0), opt.latent_dim, device=device)
-                with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
-                    fake = generator(z)
-                d_real, d_fake = discriminator(real), discriminator(fake)
-                penalty, grad_norm = gradient_penalty(discriminator, real, fake)
-                loss_D = critic_loss(d_real, d_fake) + opt.lambda_gp * penalty
+                with precision.autocast():
+                    z = torch.randn(real.size(0), opt.latent_dim, device=device)
+                    with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
+                        fake = generator(z)
+                    d_real, d_fake = discriminator(real), discriminator(fake)
+                    penalty, grad_norm = gradient_penalty(discriminator, real, fake)
+                    loss_D = critic_loss(d_real, d_fake) + opt.lambda_gp * penalty
                 optimizer_D.zero_grad(set_to_none=True)
-                loss_D.backward()
+                scaler_D.scale(loss_D).backward()
                 if run.accepts(loss_D):  # under --nan_policy skip a NaN/Inf loss changes no weight
-                    optimizer_D.step()
+                    scaler_D.step(optimizer_D)
+                    scaler_D.update()
                 d_steps += 1
                 if d_steps % opt.n_critic:
                     continue
@@ -245,12 +256,14 @@ def train(opt):
                 # -----------------
                 #  Train Generator
                 # -----------------
-                z = torch.randn(real.size(0), opt.latent_dim, device=device)
-                loss_G = generator_loss(discriminator(generator(z)))
+                with precision.autocast():
+                    z = torch.randn(real.size(0), opt.latent_dim, device=device)
+                    loss_G = generator_loss(discriminator(generator(z)))
                 optimizer_G.zero_grad(set_to_none=True)
-                loss_G.backward()
+                scaler_G.scale(loss_G).backward()
                 if run.accepts(loss_G):
-                    optimizer_G.step()
+                    scaler_G.step(optimizer_G)
+                    scaler_G.update()
                 step += 1
 
                 # ---------------------

@@ -140,3 +140,14 @@ def test_tensorboard_without_the_package_says_how_to_install(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(common.UsageError, match="--tensorboard needs the tensorboard package: pip install tensorboard"):
         train_script("dcgan", tmp_path, *TINY, "--n_iters", 1, "--tensorboard")
+
+
+def test_tensorboard_gets_the_metrics_and_grids(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train_script("dcgan", tmp_path, *TINY, "--n_iters", 2, "--tensorboard")
+    events = EventAccumulator(str(run.dir / "tensorboard"))
+    events.Reload()
+    assert {"train/loss_D", "train/loss_G"} <= set(events.Tags()["scalars"]) and events.Tags()["images"] == ["samples"]
+    assert [event.step for event in events.Scalars("train/loss_D")] == [1, 2]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import common
 from conftest import ROOT, SCRIPT_ENV, read_metrics, train_script
 
 # Per script: tiny network flags that keep a step cheap. A new script joins the suite with one line.
@@ -65,3 +66,30 @@ def test_command_line(script, tmp_path):
     bad = subprocess.run(args + ["--batch_size", "0"], capture_output=True, text=True, env=SCRIPT_ENV)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "--batch_size" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_amp_trains_and_resumes_in_both_half_precisions(script, half, tmp_path, monkeypatch):
+    # bfloat16 is what CUDA GPUs from Ampere on (and CPUs) get; float16 adds the GradScalers, as on older GPUs.
+    monkeypatch.setattr(common.Precision, "__init__", lambda self, enabled, device: self.__dict__.update(enabled=enabled, device_type=device.type, dtype=half))
+    run = train_script(script, tmp_path, *TINY, *SCRIPTS[script], "--n_iters", 3, "--amp")
+    rows = read_metrics(run.dir)
+    assert len(rows) == 3 and all(math.isfinite(float(v)) for row in rows for v in row.values())
+    checkpoint = torch.load(run.checkpoint_path, weights_only=False)
+    assert ("scale" in checkpoint["scaler_D"]) == (half == torch.float16)  # the loss scale is resumed too
+    train_script(script, tmp_path, "--resume", run.dir, "--n_iters", 4)
+    assert len(read_metrics(run.dir)) == 4
+
+
+@pytest.mark.parametrize("script", ["dcgan", "wgan_gp", "cogan"])  # plain, half compiled, shared layers
+def test_compile_trains_with_the_same_checkpoint_keys(script, tmp_path, monkeypatch):
+    # The default inductor backend generates C++ on CPU for minutes; aot_eager traces the same graphs, forward and backward.
+    compile_in_place = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compile_in_place(self, backend="aot_eager"))
+    compiled = train_script(script, tmp_path / "compiled", *TINY, *SCRIPTS[script], "--n_iters", 2, "--compile")
+    eager = train_script(script, tmp_path / "eager", *TINY, *SCRIPTS[script], "--n_iters", 2)
+    load = lambda run: torch.load(run.checkpoint_path, weights_only=False)  # noqa: E731
+    assert load(compiled)["generator"].keys() == load(eager)["generator"].keys()
+    for a, b in zip(read_metrics(compiled.dir), read_metrics(eager.dir)):
+        assert all(float(a[k]) == pytest.approx(float(b[k]), rel=1e-3, abs=1e-4) for k in a)
