@@ -576,6 +576,9 @@ class Run:
 
     A new run gets runs/<script>_<dataset>_<time>/; --resume reopens the checkpoint's folder."""
 
+    # losses.png and progress.gif at the end of a run: about two seconds, which the test suite skips.
+    plots_at_finish = True
+
     def __init__(self, opt, script):
         self.script = Path(script).stem
         self.resumed = None
@@ -677,13 +680,15 @@ class Run:
         tqdm.write(f"step {step}  " + "  ".join(f"{name} {value:.4g}" for name, value in scores.items()))
 
     def finish(self, step, seconds):
-        """Write summary.json: where the run got to, its last grid and its last scores."""
+        """Write summary.json (where the run got to, its last grid and its last scores) and the plots."""
         grids = sorted((self.dir / "samples").glob("*.png"))
         summary = dict(
             script=self.script, dataset=self.opt.dataset, img_size=self.opt.img_size, channels=self.opt.channels,
             step=step, seconds=round(seconds, 1), samples=str(grids[-1].relative_to(self.dir)) if grids else None, **self.scores,
         )
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.plots_at_finish:
+            save_plots(self.dir)
         if self.tensorboard:
             self.tensorboard.close()
 

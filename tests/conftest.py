@@ -44,6 +44,14 @@ def write_images(folder, count, size=(12, 10), mode="RGB", start=0):
     return folder
 
 
+@pytest.fixture(autouse=True)
+def no_plots_at_finish(monkeypatch):
+    """Every run draws its plots at the end, two seconds each; the plot tests draw them explicitly."""
+    import common
+
+    monkeypatch.setattr(common.Run, "plots_at_finish", False)
+
+
 @pytest.fixture
 def shared_data():
     if not SHARED_DATA.is_dir():

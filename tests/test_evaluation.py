@@ -151,3 +151,12 @@ def test_tensorboard_gets_the_metrics_and_grids(tmp_path):
     events.Reload()
     assert {"train/loss_D", "train/loss_G"} <= set(events.Tags()["scalars"]) and events.Tags()["images"] == ["samples"]
     assert [event.step for event in events.Scalars("train/loss_D")] == [1, 2]
+
+
+def test_a_finished_run_draws_its_plots(tmp_path, monkeypatch):
+    monkeypatch.setattr(common.Run, "plots_at_finish", True)
+    run = train_script("dcgan", tmp_path, *TINY, "--n_iters", 4)
+    with Image.open(run.dir / "progress.gif") as gif:
+        assert gif.n_frames == 2  # the grids of steps 2 and 4
+    with Image.open(run.dir / "losses.png") as png:
+        assert png.size[0] > 300
