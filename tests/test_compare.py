@@ -1,0 +1,154 @@
+"""The run plots (losses.png, progress.gif) and compare.py: two tiny scripts compared end to end, with
+a third that fails; reuse of finished runs; --plot; the critic pictures; bad input."""
+
+import json
+import shutil
+
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+import common
+import compare
+from conftest import ROOT, train_script
+from test_scripts import SCRIPTS, TINY
+
+# Flags for every compared script: tiny nets, and few fakes per score.
+TINY_FLAGS = "--img_size 16 --batch_size 8 --latent_dim 8 --ngf 8 --ndf 8 --sample_interval 2 --fid_samples 64"
+
+
+@pytest.fixture(scope="module")
+def scoring_root(tmp_path_factory):
+    """A --data_root whose fid_stats cache the module shares, so the FCD classifier trains once."""
+    return tmp_path_factory.mktemp("scoring_data")
+
+
+@pytest.mark.parametrize("script, panel", [("dcgan", "mean discriminator output"), ("wgan", "Wasserstein"), ("began", "convergence measure M")])
+def test_save_plots_draws_the_losses_and_the_progress(script, panel, tmp_path):
+    run = train_script(script, tmp_path, *TINY, *SCRIPTS[script], "--n_iters", 6)
+    for name in ("losses.png", "progress.gif"):  # drawn by finish() at the end; drawn again on demand
+        (run.dir / name).unlink(missing_ok=True)
+
+    assert sorted(path.name for path in common.save_plots(run.dir)) == ["losses.png", "progress.gif"]
+    with Image.open(run.dir / "losses.png") as image:
+        assert image.format == "PNG" and image.width >= 600
+    with Image.open(run.dir / "progress.gif") as gif:
+        assert gif.format == "GIF" and gif.n_frames == 3  # the grids of steps 2, 4 and 6
+    titles = [title for title, _, _ in common.loss_panels(common.metrics_series(run.dir))]
+    assert titles[0] == "losses" and any(panel in title for title in titles)
+
+
+def test_progress_gif_keeps_at_most_sixty_frames(tmp_path):
+    run = train_script("dcgan", tmp_path, *TINY, *SCRIPTS["dcgan"], "--n_iters", 2)
+    grid = run.dir / "samples" / "0000002.png"
+    for step in range(4, 302, 2):
+        shutil.copy(grid, grid.with_name(f"{step:07d}.png"))
+
+    common.save_plots(run.dir)
+    with Image.open(run.dir / "progress.gif") as gif:
+        assert gif.n_frames == common.GIF_FRAMES
+
+
+def test_a_plot_that_cannot_be_written_costs_one_warning_line(tmp_path, capsys):
+    run = train_script("dcgan", tmp_path, *TINY, *SCRIPTS["dcgan"], "--n_iters", 2)
+    (run.dir / "losses.png").unlink(missing_ok=True)
+    (run.dir / "losses.png").mkdir()  # savefig cannot write over a folder
+    capsys.readouterr()
+
+    assert [path.name for path in common.save_plots(run.dir)] == ["progress.gif"]
+    err = capsys.readouterr().err
+    assert err.startswith("warning: no losses.png") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, scoring_root):
+    """compare.py on dcgan and lsgan for 4 tiny steps, and on a cgan.py that crashes at once: the
+    scripts come from a folder holding links to the real ones and the crashing stand-in."""
+    scripts = tmp_path_factory.mktemp("scripts")
+    for name in ("dcgan.py", "lsgan.py", "common.py"):
+        (scripts / name).symlink_to(ROOT / name)
+    (scripts / "cgan.py").write_text("import sys\nprint('Traceback (most recent call last):\\nRuntimeError: boom', file=sys.stderr)\nsys.exit(1)\n")
+    out = tmp_path_factory.mktemp("compare")
+    argv = ["--scripts", "dcgan", "lsgan", "cgan", "--steps", "4", "--evals", "2", "--script_args", TINY_FLAGS, "--out", str(out), "--data_root", str(scoring_root)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compare, "ROOT", scripts)
+        compare.main(compare.parse_args(argv))
+        yield out / "digits", lambda: compare.main(compare.parse_args(argv))
+
+
+def test_compare_writes_the_table_and_figures(compared):
+    folder, _ = compared
+    table = (folder / "results.md").read_text()
+    rows = {line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    assert {"dcgan", "lsgan", "cgan", "*uniform noise*"} <= set(rows)
+    for script in ("dcgan", "lsgan"):
+        cells = [cell.strip() for cell in rows[script].split("|")[1:-1]]
+        assert cells[2] == "4" and float(cells[4]) > 0  # steps, FCD
+        image = cells[-1].split('src="')[1].split('"')[0]
+        assert (folder / image).is_file()
+        run_dir = (folder / image).parent.parent
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["step"] == 4
+        scored = common.metrics_series(run_dir)["fcd"][0]
+        assert list(scored) == [2, 4]  # --evals 2: every 2 steps, the last at the end
+    assert "failed" in rows["cgan"] and "RuntimeError: boom" in rows["cgan"]
+    for name in ("grids.png", "quality_vs_time.png"):
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG"
+
+
+def test_compare_reuses_finished_runs(compared, capsys):
+    folder, again = compared
+    runs = sorted((folder / "runs").iterdir())
+    capsys.readouterr()
+    again()
+
+    out = capsys.readouterr().out
+    assert "dcgan: reusing" in out and "lsgan: reusing" in out and "cgan: FAILED: RuntimeError: boom" in out
+    assert sorted((folder / "runs").iterdir()) == runs  # nothing trained again
+
+
+def test_plot_redraws_one_run(compared, capsys):
+    folder, _ = compared
+    run_dir = next((folder / "runs").glob("dcgan_*"))
+    (run_dir / "losses.png").unlink(missing_ok=True)
+    compare.main(compare.parse_args(["--plot", str(run_dir)]))
+    assert (run_dir / "losses.png").is_file() and str(run_dir / "losses.png") in capsys.readouterr().out
+
+
+def test_critic_pictures(tmp_path):
+    runs = {script: train_script(script, tmp_path, *TINY, *SCRIPTS[script], "--n_iters", 4, "--log_grad_norms").dir for script in ("wgan", "wgan_gp")}
+    written = compare.plot_critics(runs, tmp_path, Figure)
+    assert [path.name for path in written] == ["critic_weights.png", "critic_grad_norms.png"]
+    for path in written:
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scripts", "dcgan", "nosuch"], "invalid choice: 'nosuch'"),
+    (["--script_args", "nosuch: --lr 1"], "'nosuch' is not a script"),
+    (["--script_args", "--n_iters 5"], "compare.py sets --n_iters itself"),
+    (["--script_args", "--lr '1"], "No closing quotation"),
+    (["--steps", "5", "--minutes", "1"], "not allowed with argument"),
+    (["--steps", "0"], "out of range"),
+])
+def test_bad_flags_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        compare.parse_args(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_plot_of_a_folder_that_is_no_run(tmp_path):
+    with pytest.raises(common.UsageError, match="not a run folder"):
+        compare.main(compare.parse_args(["--plot", str(tmp_path)]))
+
+
+def test_missing_data_stops_the_comparison(tmp_path):
+    """A script's usage error (exit code 2) would hit every script: compare.py stops with it, as a
+    UsageError that friendly_errors prints in one line with exit code 2."""
+    argv = ["--dataset", "folder", "--data_root", str(tmp_path / "missing"), "--scripts", "dcgan", "lsgan", "--out", str(tmp_path)]
+    with pytest.raises(common.UsageError, match=r"^dcgan.py stopped: --data_root .*missing does not exist"):
+        compare.main(compare.parse_args(argv))
+    assert not list((tmp_path / "folder" / "logs").glob("lsgan.*"))  # lsgan never started
