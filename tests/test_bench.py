@@ -1,0 +1,77 @@
+"""bench.py runs on tiny sizes and writes its tables and JSON. Timings are never asserted: only that
+every number is there and positive."""
+
+import json
+
+import pytest
+
+import bench
+import common
+from conftest import write_images
+
+# Tiny nets, two measured steps: a run of bench.py that takes seconds.
+TINY = [
+    "--img_size", "16", "--batch_size", "8", "--steps", "2", "--warmup", "1", "--data_seconds", "0.1",
+    "--script_args", "--latent_dim 8", "--script_args", "dcgan: --ngf 8 --ndf 8", "--script_args", "cgan: --ngf 8 --ndf 8",
+    "--script_args", "wgan_gp: --ngf 8 --ndf 8", "--script_args", "began: --n_filters 4 --h_dim 8",
+]
+TIMES = ("loop_s_per_step", "loop_mean_s_per_step", "floor_s_per_step", "overhead", "overhead_mean", "images_per_s", "peak_memory_mb")
+
+
+def test_bench_times_scripts_reference_and_data_path(tmp_path):
+    stream = write_images(tmp_path / "stream", 20, size=(20, 20))
+    out = tmp_path / "results" / "bench.json"
+    bench.main(["--scripts", "dcgan", "cgan", "wgan_gp", *TINY, "--stream_root", str(stream), "--json", str(out), "--in_process"])
+
+    results = json.loads(out.read_text())
+    assert {"cpu", "cores", "threads", "torch"} <= set(results["machine"])
+    assert results["settings"]["img_size"] == 16 and results["settings"]["device"] == "cpu"
+    rows = {row["script"]: row for row in results["scripts"]}
+    assert list(rows) == ["dcgan", "cgan", "wgan_gp"]
+    for row in rows.values():
+        assert all(row[key] > 0 for key in TIMES), row
+        assert row["measured_steps"] == 2
+    assert rows["dcgan"]["real_images_per_step"] == 8 and rows["wgan_gp"]["real_images_per_step"] == 5 * 8  # n_critic batches per step
+    naive = results["naive"]
+    assert all(naive[key] > 0 for key in ("loop_s_per_step", "images_per_s", "peak_memory_mb")), naive
+    assert [row["path"].split(",")[0] for row in results["data_path"]] == ["in memory", "streamed"]
+    assert all(row["images_per_s"] > 0 for row in results["data_path"])
+
+    table = out.with_suffix(".md").read_text()
+    for name in ("| dcgan |", "| wgan_gp |", "| reference DCGAN loop |", "| in memory |", "Machine: "):
+        assert name in table
+
+
+def test_bench_measures_a_script_in_its_own_process(tmp_path):
+    opt = bench.parse_args(["--scripts", "began", *TINY])
+    row = bench.run_child("began", opt)
+    assert all(row[key] > 0 for key in TIMES), row
+
+
+def test_bench_reports_a_script_that_cannot_run_and_goes_on(tmp_path):
+    folder = write_images(tmp_path / "faces", 16, size=(16, 16))  # no class sub-folders: cgan refuses it
+    out = tmp_path / "bench.json"
+    bench.main(["--scripts", "cgan", "began", *TINY, "--dataset", "folder", "--data_root", str(folder), "--stream_root", "", "--json", str(out), "--in_process"])
+
+    rows = {row["script"]: row for row in json.loads(out.read_text())["scripts"]}
+    assert "labelled data" in rows["cgan"]["error"] and rows["began"]["overhead"] > 0
+    assert "| cgan | not measured: " in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scripts", "vae"], "invalid choice"),
+    (["--script_args", "vae: --h_dim 8"], "not a script"),
+    (["--script_args", "--out elsewhere"], "sets --out itself"),
+    (["--steps", "0"], "--steps"),
+])
+def test_bench_bad_input_is_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as error:
+        bench.parse_args(args)
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0
+
+
+def test_bench_names_the_script_that_refuses_a_flag():
+    with pytest.raises(common.UsageError, match="began.py refuses .*--ngf"):
+        bench.main(["--scripts", "dcgan", "began", "--script_args", "--ngf 8"])
