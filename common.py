@@ -1049,8 +1049,9 @@ def inception_model(weights, device):
 # --------------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------------
-# The panels of losses.png: title, the metrics.csv columns drawn in it, log scale. A panel appears
-# when one of its columns has values, so every script gets the panels of what it logs.
+# The panels of losses.png: title, the metrics.csv columns drawn in it, log scale (True, False, or
+# "auto": when the values span more than a factor 30). A panel appears when one of its columns has
+# values, so every script gets the panels of what it logs.
 PLOT_PANELS = (
     ("losses", ("loss_D", "loss_G", "L_x"), False),
     ("mean discriminator output", ("D_x", "D_G_z"), False),
@@ -1058,8 +1059,8 @@ PLOT_PANELS = (
     ("BEGAN's balance k_t", ("k_t",), False),
     ("BEGAN's convergence measure M", ("M",), False),
     ("critic gradient norm ||grad_x D||", ("grad_norm_real", "grad_norm_fake", "grad_norm"), True),
-    ("FCD (classifier features; lower is better)", ("fcd",), False),
-    ("FID (Inception features; lower is better)", ("fid",), False),
+    ("FCD (classifier features; lower is better)", ("fcd",), "auto"),
+    ("FID (Inception features; lower is better)", ("fid",), "auto"),
 )
 PLOT_LABELS = {"D_x": "D(x)", "D_G_z": "D(G(z))", "grad_norm_real": "at real data", "grad_norm_fake": "at fakes", "grad_norm": "at interpolates (penalised)"}
 # progress.gif shows at most GIF_FRAMES sample grids, spread evenly over the run, and fewer when the
@@ -1147,7 +1148,8 @@ def _draw_losses(run_dir, path):
                 line, = ax.plot(steps, values, linewidth=0.5, alpha=0.3)
                 ax.plot(*moving_average(steps, values), color=line.get_color(), label=f"{label} (moving average)")
         ax.set_title(title, fontsize=10, loc="left")
-        if log:
+        values = np.concatenate([series[column][1] for column in columns])
+        if log is True or (log == "auto" and values.min() > 0 and values.max() > 30 * values.min()):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")

@@ -9,8 +9,9 @@ Each script runs as its own process, `python <script>.py --out <out>/<dataset>/r
     critic_weights.png      with wgan and wgan_gp: histograms of their critics' weights
                             (clipping piles them up at +-c, the penalty does not)
     critic_grad_norms.png   with wgan and wgan_gp: ||grad_x D(x)|| at real and fake images over training
-A run that an earlier comparison finished with the same budget, flags and script file is reused, and
-one it left unfinished is continued: the same command again costs nothing (--retrain starts afresh).
+A run that an earlier comparison finished with the same budget and flags is reused (with a note if
+its script has changed since), and one it left unfinished is continued: the same command again
+costs nothing (--retrain starts afresh).
 
 Run:
     python compare.py --dataset digits                     # all seven, default budgets: < 30 min on 2 CPU cores
@@ -43,8 +44,9 @@ import common
 ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("dcgan", "lsgan", "cgan", "cogan", "wgan", "wgan_gp", "began")
 
-# Generator steps per script when neither --steps nor --minutes is given: about three minutes each on
-# 2 CPU cores with digits at 32x32 (see RATES), so that all seven finish in under 30 minutes.
+# Generator steps per script when neither --steps nor --minutes is given: three minutes each on 2 CPU
+# cores with digits at 32x32 (see RATES), five for wgan, whose first 25 steps take 100 critic steps
+# each, so that all seven finish in under 30 minutes.
 DEFAULT_STEPS = dict(dcgan=1500, lsgan=1500, cgan=1500, cogan=750, wgan=400, wgan_gp=300, began=700)
 # Generator steps per second on 2 CPU cores with digits at 32x32; with --minutes they space the scores.
 # wgan trains its critic 100 times per generator step for its first 25 steps: slower at first.
@@ -62,7 +64,7 @@ def parse_args(argv=None):
     parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself")
     parser.add_argument("--scripts", nargs="+", choices=SCRIPTS, default=list(SCRIPTS), metavar="SCRIPT", help=f"the variants to compare, in this order (default: all of {', '.join(SCRIPTS)})")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=common.positive_int, help="generator steps for every script (default: per script, " + ", ".join(f"{s} {n}" for s, n in DEFAULT_STEPS.items()) + ": about 3 minutes each on 2 CPU cores with digits)")
+    budget.add_argument("--steps", type=common.positive_int, help="generator steps for every script (default: per script, " + ", ".join(f"{s} {n}" for s, n in DEFAULT_STEPS.items()) + ": 3 to 5 minutes each on 2 CPU cores with digits, under 30 minutes for all seven)")
     budget.add_argument("--minutes", type=common.positive_float, help="minutes of training for every script, scoring during training included; each is then stopped as by Ctrl-C and scored at the step it reached; the scores during training are spaced by RATES, steps per second on 2 CPU cores, so a faster machine scores more often")
     parser.add_argument("--fid", action="store_true", help="score by FID (pytorch-fid's Inception features; needs its weights, see the scripts' --fid_weights) instead of the offline FCD (a classifier trained on the labelled data)")
     parser.add_argument("--evals", type=common.positive_int, default=5, help="scores per run, evenly spaced over its budget, the last at the end (1: only at the end)")
@@ -99,7 +101,8 @@ def compare_one(script, opt, folder):
     run_dir = None if opt.retrain else find_run(folder / "runs", key)
     result = dict(script=script, status="trained", run_dir=run_dir, summary=None, error=None)
     if run_dir and (run_dir / "summary.json").exists():
-        print(f"{script}: reusing {run_dir}: an earlier comparison finished it with the same budget, flags and {script}.py (--retrain to train it again)")
+        changed = json.loads((run_dir / "compare.json").read_text()).get("code") != script_hash(script)
+        print(f"{script}: reusing {run_dir}, finished earlier with the same budget and flags" + (f"; {script}.py has changed since: --retrain to train it again" if changed else ""))
         result.update(status="reused", summary=read_summary(run_dir))
         print(f"{script}: {describe(result['summary'])}")
         return result
@@ -147,10 +150,14 @@ def compare_one(script, opt, folder):
 
 
 def run_key(script, opt):
-    """What must match for a run to be reused: data, budget, scoring, flags and the script's code."""
+    """What must match for a run to be reused: data, budget, scoring and flags."""
     budget = dict(minutes=opt.minutes) if opt.minutes else dict(steps=budget_steps(script, opt))
-    code = hashlib.sha256((ROOT / f"{script}.py").read_bytes()).hexdigest()[:16]
-    return dict(script=script, dataset=opt.dataset, data_root=opt.data_root, **budget, fid=opt.fid, evals=opt.evals, script_args=opt.extra[script], code=code)
+    return dict(script=script, dataset=opt.dataset, data_root=opt.data_root, **budget, fid=opt.fid, evals=opt.evals, script_args=opt.extra[script])
+
+
+def script_hash(script):
+    """A fingerprint of the script's file, kept with the run to tell when it has changed since."""
+    return hashlib.sha256((ROOT / f"{script}.py").read_bytes()).hexdigest()[:16]
 
 
 def budget_steps(script, opt):
@@ -165,7 +172,7 @@ def find_run(runs, key):
         if not any((marker.parent / name).exists() for name in ("summary.json", "checkpoint.pt")):
             continue
         try:
-            if json.loads(marker.read_text()) == key:
+            if {name: value for name, value in json.loads(marker.read_text()).items() if name != "code"} == key:
                 found.append(marker.parent)
         except (OSError, ValueError):  # a half-written or foreign file: not a match
             continue
@@ -193,7 +200,7 @@ def run_script(script, args, logs, key, run_dir=None, limit=None, append=False):
                     if match:
                         run_dir, started = Path(match.group(1).strip()), time.monotonic()
                         next_report = started + REPORT_EVERY
-                        (run_dir / "compare.json").write_text(json.dumps(key, indent=2) + "\n")
+                        (run_dir / "compare.json").write_text(json.dumps(dict(key, code=script_hash(script)), indent=2) + "\n")
                     continue
                 now = time.monotonic()
                 if limit is not None and now - started >= limit:
@@ -266,13 +273,12 @@ def noise_scores(results):
 # ----------------------------------------------------------------------------------------------
 # Table and figures
 # ----------------------------------------------------------------------------------------------
-def write_results(results, noise, opt, folder, elapsed):
+def write_results(results, noise, opt, folder):
     """results.md and the figures; returns the paths written."""
     from matplotlib.figure import Figure  # the object-oriented API renders with Agg, no pyplot state
 
     measure = "fid" if opt.fid else "fcd"
-    written = [folder / "results.md"]
-    (folder / "results.md").write_text(results_table(results, noise, opt, folder, elapsed, measure))
+    written = []
 
     done = [r for r in results if r["summary"]]
     columns = min(4, len(results))
@@ -318,10 +324,11 @@ def write_results(results, noise, opt, folder, elapsed):
     critics = {r["script"]: r["run_dir"] for r in done if r["script"] in ("wgan", "wgan_gp") and (r["run_dir"] / "checkpoint.pt").exists()}
     if len(critics) == 2:
         written += plot_critics(critics, folder, Figure)
-    return written
+    (folder / "results.md").write_text(results_table(results, noise, opt, folder, measure))  # last: it links the figures
+    return [folder / "results.md"] + written
 
 
-def results_table(results, noise, opt, folder, elapsed, measure):
+def results_table(results, noise, opt, folder, measure):
     """results.md: the setup, a table ranked by the score, and the figures."""
     ranked = sorted(results, key=lambda r: (r["summary"] is None, (r["summary"] or {}).get(measure, math.inf)))
     rows = [dict(kind="run", **r) for r in ranked]
@@ -347,6 +354,7 @@ def results_table(results, noise, opt, folder, elapsed, measure):
         lines.append("| " + " | ".join(cells) + " |")
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores" + (f", OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else "")
+    training = sum(r["summary"]["seconds"] for r in results if r["summary"])
     budget = f"{opt.minutes:g} minutes of training each" if opt.minutes else f"{opt.steps} generator steps each" if opt.steps else "generator steps per script from compare.py's DEFAULT_STEPS"
     explain = dict(
         fcd="FCD: the Fréchet distance between real and generated images in the features of a small classifier trained on the real labelled images (lower is better). "
@@ -356,7 +364,7 @@ def results_table(results, noise, opt, folder, elapsed, measure):
     text = [
         f"# GAN variants on {opt.dataset}",
         "",
-        f"Written by `python compare.py {shlex.join(opt.argv)}` on {datetime.date.today()} ({device}, {format_time(elapsed)} in all). "
+        f"Written by `python compare.py {shlex.join(opt.argv)}` on {datetime.date.today()} ({device}; {format_time(training)} of training in all). "
         f"Budget: {budget}. Wall time is the training's own clock, scoring during training included. {explain[measure]}",
         "",
         *lines,
@@ -365,8 +373,9 @@ def results_table(results, noise, opt, folder, elapsed, measure):
         "",
         "![Sample quality against wall-clock time](quality_vs_time.png)",
     ]
-    if (folder / "critic_weights.png").exists() and {"wgan", "wgan_gp"} <= {r["script"] for r in results if r["summary"]}:
-        text += ["", "![Critic weights: clipping against the gradient penalty](critic_weights.png)", "", "![Critic gradient norms](critic_grad_norms.png)"]
+    for name, title in (("critic_weights.png", "Critic weights: clipping against the gradient penalty"), ("critic_grad_norms.png", "Critic gradient norms over training")):
+        if {"wgan", "wgan_gp"} <= {r["script"] for r in results if r["summary"]} and (folder / name).exists():
+            text += ["", f"![{title}]({name})"]
     return "\n".join(text) + "\n"
 
 
@@ -452,7 +461,7 @@ def main(opt):
         print(f"[{number}/{len(opt.scripts)}] ", end="")
         results.append(compare_one(script, opt, folder))
     noise = noise_scores(results)
-    written = write_results(results, noise, opt, folder, time.monotonic() - start)
+    written = write_results(results, noise, opt, folder)
     failed = [r["script"] for r in results if not r["summary"]]
     print(f"done in {format_time(time.monotonic() - start)}" + (f"; failed: {', '.join(failed)}" if failed else "") + "; wrote " + ", ".join(str(p) for p in written))
 
