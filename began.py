@@ -22,6 +22,7 @@ Run:
     python began.py --dataset mnist --data_root data                 # downloads MNIST into data/
     python began.py --dataset folder --data_root faces/ --img_size 64
     python began.py --resume runs/began_digits_20260101-120000      # continue a run
+    torchrun --standalone --nproc_per_node=4 began.py               # 4 GPUs of one machine; see the README
 """
 
 import argparse
@@ -63,6 +64,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/cuBLAS kernels for reproducible GPU runs (slower); CPU runs with the same --seed are reproducible anyway")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--sync_bn", action="store_true", help="under torchrun: BatchNorm normalises with the statistics of all processes' batches together (SyncBatchNorm, CUDA GPUs only), as one big batch would; slower")
     parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
     parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
     common.add_evaluation_args(parser)
@@ -164,6 +166,8 @@ def convergence_measure(loss_real, loss_fake, gamma):
 def train(opt):
     common.seed_everything(opt.seed, opt.deterministic)
     device = common.get_device(opt.device)
+    # Distributed (torchrun): join the other processes, one per GPU, each with its own seed; a plain run goes on as it was.
+    device = common.init_distributed(opt, device)
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
     evaluator = common.Evaluator(opt, data, device)  # --fid/--fcd nets load now: a missing download fails before training
@@ -172,6 +176,8 @@ def train(opt):
     # PyTorch's default initialisation: the paper prescribes none, and there is no BatchNorm to tune.
     generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.n_filters).to(device)
     discriminator = Discriminator(opt.channels, opt.img_size, opt.h_dim, opt.n_filters).to(device)
+    # Distributed (torchrun): every process starts from rank 0's weights and steps with the gradients averaged over all.
+    generator, discriminator = common.distribute(opt, generator, discriminator)
     if opt.compile:  # in place: the state_dict keys, and so the checkpoints, stay the same
         generator.compile()
         discriminator.compile()
@@ -215,7 +221,7 @@ def train(opt):
     start = time.perf_counter() - seconds
     with common.GracefulInterrupt() as interrupt:
         while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
-            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True)
+            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True, disable=not common.is_main())
             for real, _ in progress:
                 batch += 1
                 # ---------------------
@@ -234,6 +240,8 @@ def train(opt):
                     scaler_D.update()
                 # k_t and M are measurements, not part of any graph.
                 loss_real, loss_fake = loss_real.detach(), loss_fake.detach()
+                # Distributed (torchrun): means over all processes' batches, so that k_t, M and with it the lr stay the same in each.
+                loss_D, loss_real, loss_fake = common.mean_over_processes(loss_D.detach(), loss_real, loss_fake)
                 m_global = convergence_measure(loss_real, loss_fake, opt.gamma)
                 # Held where the loss is NaN/Inf (a skipped update): one bad batch must not make k_t NaN for good.
                 k_t = torch.where(loss_D.isfinite(), update_k(k_t, loss_real, loss_fake, opt.gamma, opt.lambda_k), k_t)
@@ -282,7 +290,7 @@ def train(opt):
     if step % opt.sample_interval:
         save_samples()
     if interrupt.requested:
-        print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
+        print(f"stopped at step {step}; continue with: {run.resume_command}")
         raise KeyboardInterrupt
     if evaluator:
         run.log_eval(step, evaluator.score(generate, step))

@@ -17,6 +17,7 @@ Run:
     python cgan.py --dataset mnist --data_root data                  # downloads MNIST into data/
     python cgan.py --dataset folder --data_root lego/ --img_size 64  # lego/<class>/*.jpg
     python cgan.py --resume runs/cgan_digits_20260101-120000        # continue a run
+    torchrun --standalone --nproc_per_node=4 cgan.py                # 4 GPUs of one machine; see the README
     python cgan.py --resume runs/cgan_digits_20260101-120000 --label 7   # a grid of 7s, no training
 """
 
@@ -57,6 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/cuBLAS kernels for reproducible GPU runs (slower); CPU runs with the same --seed are reproducible anyway")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--sync_bn", action="store_true", help="under torchrun: BatchNorm normalises with the statistics of all processes' batches together (SyncBatchNorm, CUDA GPUs only), as one big batch would; slower")
     parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
     parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
     parser.add_argument("--label", type=common.nonnegative_int, help="with --resume: save a grid of this class (0 = first class) from the checkpoint and exit without training")
@@ -171,6 +173,8 @@ def generator_loss(fake_logits):
 def train(opt):
     common.seed_everything(opt.seed, opt.deterministic)
     device = common.get_device(opt.device)
+    # Distributed (torchrun): join the other processes, one per GPU, each with its own seed; a plain run goes on as it was.
+    device = common.init_distributed(opt, device)
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     if data.labels is None:
         source = f"{opt.data_root} has no class sub-folders" if opt.dataset == "folder" else f"{opt.dataset} has no labels"
@@ -183,6 +187,8 @@ def train(opt):
     discriminator = Discriminator(data.n_classes, opt.channels, opt.img_size, opt.ndf).to(device)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
+    # Distributed (torchrun): every process starts from rank 0's weights and steps with the gradients averaged over all.
+    generator, discriminator = common.distribute(opt, generator, discriminator)
     if opt.compile:  # in place: the state_dict keys, and so the checkpoints, stay the same
         generator.compile()
         discriminator.compile()
@@ -229,7 +235,7 @@ def train(opt):
     start = time.perf_counter() - seconds
     with common.GracefulInterrupt() as interrupt:
         while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
-            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True)
+            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True, disable=not common.is_main())
             for real, labels in progress:
                 batch += 1
                 # ---------------------
@@ -290,7 +296,7 @@ def train(opt):
     if step % opt.sample_interval:
         save_samples()
     if interrupt.requested:
-        print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
+        print(f"stopped at step {step}; continue with: {run.resume_command}")
         raise KeyboardInterrupt
     if evaluator:
         run.log_eval(step, evaluator.score(generate, step))

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import csv
 import datetime
+import gc
 import hashlib
 import json
 import math
@@ -219,6 +220,167 @@ def set_rng_state(state):
 
 
 # --------------------------------------------------------------------------------------------------
+# Several GPUs or machines (torchrun)
+# --------------------------------------------------------------------------------------------------
+class Group:
+    """This process's place among the processes of one run. torchrun starts one process per GPU, on
+    one machine or several, and tells each its RANK (0 .. WORLD_SIZE - 1 over all machines) and its
+    LOCAL_RANK (its GPU on its machine). A plain `python script.py` is a group of one, which every
+    helper below leaves exactly as it was."""
+
+    def __init__(self):
+        self.rank, self.local_rank, self.size, self.machines = 0, 0, 1, 1
+        self.distributed = False  # under torchrun, with a process group (even one of a single process)
+        self.device = None  # where the group's own messages are made: NCCL carries CUDA tensors only
+
+
+GROUP = Group()
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def is_main():
+    """Whether this process writes the run folder and prints progress: rank 0, or the only process."""
+    return GROUP.rank == 0
+
+
+def init_distributed(opt, device):
+    """Under torchrun: join the process group (NCCL on CUDA GPUs, gloo on the CPU) and return this
+    process's device, cuda:LOCAL_RANK on GPUs. Each process then draws its own noise (--seed + rank;
+    the nets all start from rank 0's weights, see distribute) and only rank 0 prints to stdout.
+    Without torchrun: `device`, unchanged."""
+    present = [name for name in TORCHRUN_ENV if name in os.environ]
+    if not present:
+        if opt.sync_bn:
+            raise UsageError("--sync_bn synchronises BatchNorm across the processes that torchrun starts: launch with torchrun --nproc_per_node=N (see the README), or drop --sync_bn")
+        return device
+    if len(present) < len(TORCHRUN_ENV):
+        missing = ", ".join(name for name in TORCHRUN_ENV if name not in present)
+        raise UsageError(f"{', '.join(present)} set but not {missing}: start several processes with torchrun, which sets them all, or one with plain python")
+    try:
+        rank, local_rank, size = (int(os.environ[name]) for name in TORCHRUN_ENV[:3])
+    except ValueError:
+        raise UsageError(f"RANK, LOCAL_RANK and WORLD_SIZE must be integers, not {[os.environ[n] for n in TORCHRUN_ENV[:3]]}: start the processes with torchrun")
+    if not torch.distributed.is_available():
+        raise UsageError("this PyTorch build has no torch.distributed: run with plain python, or install a build that has it")
+    if device.type == "cuda":
+        if device.index is not None and device.index != local_rank:
+            raise UsageError(f"--device {device}: under torchrun each process takes the GPU of its LOCAL_RANK; pass --device cuda, and pick the GPUs with CUDA_VISIBLE_DEVICES")
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(f"torchrun started more processes on this machine than the {torch.cuda.device_count()} GPU(s) PyTorch sees: pass --nproc_per_node={torch.cuda.device_count()} or fewer")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise UsageError(f"--device {device.type}: PyTorch's process groups run on CUDA GPUs (NCCL) or the CPU (gloo) only; pass --device cpu to train with torchrun here")
+    if opt.sync_bn and device.type != "cuda":
+        raise UsageError(f"--sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no {device.type} version): drop --sync_bn to train on the {device.type}")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not torch.distributed.is_initialized():  # a program that trains several times in one launch joins once
+        try:
+            # gloo's 30 minutes for NCCL too (its default is 10): rank 0 alone may download the data
+            # or score --fid while the others wait for it.
+            timeout = datetime.timedelta(minutes=30)
+            torch.distributed.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None)
+        except (RuntimeError, ValueError) as error:  # the rendezvous failed: a wrong address or port, a firewall, a timeout
+            raise UsageError(f"could not join the other processes through {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({_first_line(error)}): check --master_addr and --master_port, and that the machines reach each other")
+        if rank != 0:
+            sys.stdout = open(os.devnull, "w")  # one voice, rank 0's; errors and warnings (stderr) still show
+    GROUP.rank, GROUP.local_rank, GROUP.size, GROUP.device, GROUP.distributed = rank, local_rank, size, device, True
+    GROUP.machines = max(size // int(os.environ.get("LOCAL_WORLD_SIZE", size)), 1)
+    seed_everything(opt.seed + rank, opt.deterministic)  # rank 0 draws what a plain run with --seed draws
+    print(f"torchrun: {size} processes on {GROUP.machines} machine(s), {backend} on {device.type}; each step trains on {size} x {opt.batch_size} = {size * opt.batch_size} images (--batch_size is per process)")
+    return device
+
+
+def distribute(opt, *nets):
+    """Under torchrun, each net wrapped in DistributedDataParallel: it starts every process from
+    rank 0's weights and, in backward, replaces each gradient by its mean over all processes, so that
+    every process takes the same step, as one process would on all their batches at once. With
+    --sync_bn, BatchNorm becomes SyncBatchNorm first. Without torchrun: the nets themselves."""
+    if not GROUP.distributed:
+        return nets
+    if opt.sync_bn:
+        if not any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for net in nets for module in net.modules()):
+            raise UsageError("--sync_bn: neither net has a BatchNorm layer to synchronise: drop --sync_bn")
+        nets = [torch.nn.SyncBatchNorm.convert_sync_batchnorm(net) for net in nets]
+    # No broadcast of rank 0's buffers before every forward (the default): BatchNorm's running
+    # statistics are never used, as the nets always run in training mode, samples included. Each
+    # process keeps its own, and the checkpoint rank 0's.
+    device_ids = [GROUP.device] if GROUP.device.type == "cuda" else None
+    return tuple(torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids, forward_sync_buffers=False) for net in nets)
+
+
+def _unwrapped(obj):
+    """The net inside a DistributedDataParallel wrapper: checkpoints keep a plain run's keys."""
+    return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
+
+
+def mean_over_processes(*tensors):
+    """Each of `tensors` (of one shape) averaged over all processes, as a tuple: for measurements that
+    every process must agree on, such as BEGAN's k_t or the logged losses. A plain run: `tensors`."""
+    if GROUP.size == 1:
+        return tensors
+    total = torch.stack([tensor.detach().to(GROUP.device) for tensor in tensors])
+    torch.distributed.all_reduce(total)
+    return tuple((total / GROUP.size).unbind())
+
+
+def any_process(flag):
+    """Whether `flag` holds in any process: for decisions that all must take alike (skip, stop)."""
+    if GROUP.size == 1:
+        return bool(flag)
+    flag = torch.tensor(float(flag), device=GROUP.device)
+    torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _gather_on_main(value):
+    """Every process's `value` (picklable), in rank order, on rank 0; None elsewhere. A plain run: [value]."""
+    if GROUP.size == 1:
+        return [value]
+    every = [None] * GROUP.size if is_main() else None
+    torch.distributed.gather_object(value, every, dst=0)
+    return every
+
+
+def broadcast_from_main(*values):
+    """Rank 0's `values` (any picklable objects) in every process, as a tuple. A plain run: `values`."""
+    if GROUP.size == 1:
+        return values
+    values = list(values)
+    torch.distributed.broadcast_object_list(values, src=0)
+    return tuple(values)
+
+
+@contextlib.contextmanager
+def _first_on_each_machine():
+    """Under torchrun, the first process of each machine goes first and the others wait for it, so
+    that one process per machine downloads or unpacks the data and the others find its files."""
+    if GROUP.distributed and GROUP.local_rank != 0:
+        torch.distributed.barrier()
+    yield
+    if GROUP.distributed and GROUP.local_rank == 0:
+        torch.distributed.barrier()
+
+
+def _launch_command(size, machines):
+    """How to start `size` processes on `machines` machines, for the hints in messages."""
+    if size == 1:
+        return "python"
+    if machines == 1:
+        return f"torchrun --standalone --nproc_per_node={size}"
+    return f"torchrun --nnodes={machines} --nproc_per_node={size // machines} (with each machine's --node_rank and the --master_addr, --master_port as before)"
+
+
+def _leave_group():
+    """Leave the process group at the end of a run that completed."""
+    if GROUP.distributed and torch.distributed.is_initialized():
+        # A DistributedDataParallel wrapper that outlives its process group aborts the process at exit,
+        # and --compile's wrappers are held in reference cycles (each keeps its compiled self).
+        gc.collect()
+        torch.distributed.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------
 class ImageData:
@@ -240,6 +402,11 @@ class ImageData:
 
 def load_images(dataset, data_root, img_size, channels):
     """Load --dataset at img_size x img_size with `channels` channels, as an ImageData."""
+    with _first_on_each_machine():
+        return _load_images(dataset, data_root, img_size, channels)
+
+
+def _load_images(dataset, data_root, img_size, channels):
     root = Path(data_root).expanduser()
     if dataset == "digits":
         return _load_digits(img_size, channels)
@@ -504,11 +671,18 @@ class Batches:
 
     The order of epoch e depends only on (seed, e), so a run resumed in the middle of an epoch
     sees exactly the batches it would have seen. Incomplete last batches are dropped (BatchNorm
-    statistics of a handful of images are noise)."""
+    statistics of a handful of images are noise).
 
-    def __init__(self, data, batch_size, device, seed, n_workers=0):
-        if batch_size > len(data):
-            raise UsageError(f"--batch_size {batch_size} is larger than the {len(data)} images of {data.name}: pass --batch_size {len(data)} or less")
+    Under torchrun (unless `shard` is False) process r of n takes every n-th image of that order from
+    the r-th on: each step of the group trains on n x batch_size different images, and an epoch has
+    n times fewer steps."""
+
+    def __init__(self, data, batch_size, device, seed, n_workers=0, shard=True):
+        self.rank, self.world = (GROUP.rank, GROUP.size) if shard else (0, 1)
+        if batch_size * self.world > len(data):
+            if self.world == 1:
+                raise UsageError(f"--batch_size {batch_size} is larger than the {len(data)} images of {data.name}: pass --batch_size {len(data)} or less")
+            raise UsageError(f"--batch_size {batch_size} x {self.world} processes is more than the {len(data)} images of {data.name}: pass --batch_size {len(data) // self.world} or less")
         self.data, self.batch_size, self.device, self.seed = data, batch_size, device, seed
         self.labels = data.labels.to(device) if data.labels is not None else None
         if data.images is not None:
@@ -523,13 +697,13 @@ class Batches:
             )
 
     def __len__(self):
-        return len(self.data) // self.batch_size
+        return len(self.data) // (self.batch_size * self.world)
 
     def epoch(self, epoch, skip=0):
         """The batches of `epoch`, starting after the first `skip` of them."""
         generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        order = torch.randperm(len(self.data), generator=generator)[: len(self) * self.batch_size]
-        order = order[skip * self.batch_size:]
+        order = torch.randperm(len(self.data), generator=generator)[: len(self) * self.batch_size * self.world]
+        order = order[self.rank::self.world][skip * self.batch_size:]
         if self.images is not None:
             order = order.to(self.device)
             for indices in order.split(self.batch_size):
@@ -574,7 +748,8 @@ class _StreamDataset(_FileDataset):
 class Run:
     """One run's folder: config.json, metrics.csv, samples/<step>.png and checkpoint.pt.
 
-    A new run gets runs/<script>_<dataset>_<time>/; --resume reopens the checkpoint's folder."""
+    A new run gets runs/<script>_<dataset>_<time>/; --resume reopens the checkpoint's folder.
+    Under torchrun every process keeps a Run, and rank 0's alone writes."""
 
     # losses.png and progress.gif at the end of a run: about two seconds, which the test suite skips.
     plots_at_finish = True
@@ -599,22 +774,28 @@ class Run:
             while self.dir.exists():
                 n += 1
                 self.dir = base.with_name(f"{base.name}-{n}")
-        try:
-            (self.dir / "samples").mkdir(parents=True, exist_ok=True)
-            probe = self.dir / ".write-test"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as error:
-            raise UsageError(f"cannot write the run folder {self.dir} ({error.strerror}): pass --out with a writable folder")
+        # Under torchrun the other processes take rank 0's folder (its name has rank 0's time in it)
+        # and its verdict, so that all stop alike where it cannot be written.
+        error = _make_run_dir(self.dir) if is_main() else None
+        self.dir, error = broadcast_from_main(self.dir, error)
+        if error:
+            raise UsageError(error)
         self.checkpoint_path = self.dir / "checkpoint.pt"
         self.metrics_path = self.dir / "metrics.csv"
-        config = dict(vars(opt), script=self.script, torch=torch.__version__)
-        (self.dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        config = dict(vars(opt), script=self.script, torch=torch.__version__, world_size=GROUP.size, effective_batch_size=GROUP.size * opt.batch_size)
+        if is_main():
+            (self.dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         self._epoch_sums, self._epoch_count, self._columns = {}, 0, None
         self.nan_policy = getattr(opt, "nan_policy", "stop")
         self.opt, self.scores = opt, {}
-        self.tensorboard = SummaryWriter(self.dir / "tensorboard") if SummaryWriter else None
+        self.tensorboard = SummaryWriter(self.dir / "tensorboard") if SummaryWriter and is_main() else None
         self.skipped, self._epoch_skipped, self._skipped_in_a_row = 0, 0, 0
+        self.in_sync_at_step = None  # the last step at which the processes were checked to hold the same weights
+
+    @property
+    def resume_command(self):
+        """The command that continues this run, with as many processes as it has now."""
+        return f"{_launch_command(GROUP.size, GROUP.machines)} {self.script}.py --resume {self.dir}"
 
     # -- metrics ---------------------------------------------------------------------------------
     def resume_metrics(self, step):
@@ -632,19 +813,26 @@ class Run:
     def log(self, **row):
         """Append one row (its first column is the step) to metrics.csv and add it to the epoch's means.
         A NaN or infinite value stops the run before it is written or reaches a checkpoint; under
-        --nan_policy skip, whose updates were not applied, the row is left out instead."""
+        --nan_policy skip, whose updates were not applied, the row is left out instead.
+        Under torchrun the values are means over all processes, each of which logs its own batch
+        (`seconds` is rank 0's), so that a NaN in one process stops them all at the same step."""
+        if GROUP.size > 1:
+            names = [name for name, value in row.items() if isinstance(value, float) and name != "seconds"]
+            (means,) = mean_over_processes(torch.tensor([row[name] for name in names], dtype=torch.float64))
+            row.update(zip(names, means.tolist()))
         bad = [name for name, value in row.items() if isinstance(value, float) and not math.isfinite(value)]
         if bad and self.nan_policy == "skip":
             return
         if bad:
             raise Diverged(f"{bad[0]} became {row[bad[0]]} at step {row['step']}: training diverged, most often from too high a --lr; {self._last_good()} with a lower --lr, or --nan_policy skip")
         self._skipped_in_a_row = 0
-        if self._columns is None:
-            self._columns = list(row)
-            with open(self.metrics_path, "w", newline="") as f:
-                csv.writer(f).writerow(self._columns)
-        with open(self.metrics_path, "a", newline="") as f:
-            csv.writer(f).writerow([_format(row.get(c, "")) for c in self._columns])
+        if is_main():
+            if self._columns is None:
+                self._columns = list(row)
+                with open(self.metrics_path, "w", newline="") as f:
+                    csv.writer(f).writerow(self._columns)
+            with open(self.metrics_path, "a", newline="") as f:
+                csv.writer(f).writerow([_format(row.get(c, "")) for c in self._columns])
         if self.tensorboard:
             for name, value in row.items():
                 if name not in ("step", "epoch", "seconds"):
@@ -681,11 +869,15 @@ class Run:
 
     def finish(self, step, seconds):
         """Write summary.json (where the run got to, its last grid and its last scores) and the plots."""
+        if not is_main():
+            return
         grids = sorted((self.dir / "samples").glob("*.png"))
         summary = dict(
             script=self.script, dataset=self.opt.dataset, img_size=self.opt.img_size, channels=self.opt.channels,
             step=step, seconds=round(seconds, 1), samples=str(grids[-1].relative_to(self.dir)) if grids else None, **self.scores,
         )
+        if GROUP.distributed:
+            summary.update(world_size=GROUP.size, in_sync_at_step=self.in_sync_at_step)
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.plots_at_finish:
             save_plots(self.dir)
@@ -704,10 +896,11 @@ class Run:
     def accepts(self, loss):
         """Whether to apply the update for `loss`. Under --nan_policy stop, always: log() stops the
         run at the first non-finite value without a device sync per update. Under skip, only when
-        `loss` is finite, so the weights never take a NaN step; skipped updates are counted."""
+        `loss` is finite, so the weights never take a NaN step; skipped updates are counted. Under
+        torchrun, every process skips where one must: its NaN is in everyone's averaged gradients."""
         if self.nan_policy == "stop":
             return True
-        if torch.isfinite(loss).item():
+        if not any_process(not torch.isfinite(loss).item()):
             return True
         self.skipped, self._epoch_skipped, self._skipped_in_a_row = self.skipped + 1, self._epoch_skipped + 1, self._skipped_in_a_row + 1
         if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
@@ -734,11 +927,26 @@ class Run:
     def save_checkpoint(self, objects, opt, **state):
         """Atomically write checkpoint.pt: the state_dict of each of `objects` (nets, optimizers)
         under its name, plus `state`, the run's arguments and every random generator's state.
-        The previous checkpoint is kept as checkpoint.prev.pt."""
+        The previous checkpoint is kept as checkpoint.prev.pt. Under torchrun every process takes
+        part: the processes are checked to hold the same weights, each keeps its own random state
+        in the checkpoint, and rank 0 writes it."""
         if self.skipped:
             _reset_nan_running_stats(objects.values())
-        checkpoint = {name: obj.state_dict() for name, obj in objects.items()}
-        checkpoint.update(state, args=vars(opt), script=self.script, rng=rng_state())
+        self._check_in_sync(objects, state.get("step"))
+        every_rng = _gather_on_main(rng_state())
+        error = None
+        if is_main():
+            checkpoint = {name: _unwrapped(obj).state_dict() for name, obj in objects.items()}
+            checkpoint.update(state, args=vars(opt), script=self.script, rng=rng_state(), world_size=GROUP.size, machines=GROUP.machines)
+            if GROUP.size > 1:
+                checkpoint["rng_per_rank"] = every_rng
+            error = self._write_checkpoint(checkpoint)
+        (error,) = broadcast_from_main(error)
+        if error:
+            raise UsageError(error)
+
+    def _write_checkpoint(self, checkpoint):
+        """Write `checkpoint` through a temporary file; returns the error text, or None."""
         tmp = self.checkpoint_path.with_suffix(".tmp")
         try:
             with open(tmp, "wb") as f:
@@ -750,16 +958,56 @@ class Run:
             os.replace(tmp, self.checkpoint_path)
         except OSError as error:
             tmp.unlink(missing_ok=True)
-            raise UsageError(f"could not save the checkpoint in {self.dir} ({error.strerror}): free some disk space, then --resume {self.dir}")
+            return f"could not save the checkpoint in {self.dir} ({error.strerror}): free some disk space, then --resume {self.dir}"
+        return None
+
+    def _check_in_sync(self, objects, step):
+        """Stop every process where they no longer hold the same weights. DistributedDataParallel
+        keeps them identical bit for bit (all apply the same averaged gradients), unless something
+        outside it changes one process's weights: compared by an integer checksum of each tensor's
+        bits, which comes out the same whatever order a GPU adds them in."""
+        if GROUP.size == 1:
+            return
+        names, sums = [], []
+        for net_name, net in objects.items():
+            for name, param in _unwrapped(net).named_parameters() if isinstance(net, torch.nn.Module) else ():
+                bits = param.detach().reshape(-1).view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[param.element_size()])
+                names.append(f"{net_name}.{name}")
+                sums.append(bits.sum(dtype=torch.int64))
+        mine = torch.stack(sums)
+        every = [torch.empty_like(mine) for _ in range(GROUP.size)]
+        torch.distributed.all_gather(every, mine)
+        for rank, theirs in enumerate(every):
+            differ = (theirs != every[0]).nonzero().flatten().tolist()
+            if differ:
+                raise Diverged(
+                    f"the {GROUP.size} processes no longer hold the same weights at step {step}: rank {rank}'s {names[differ[0]]} differs from rank 0's "
+                    f"(DistributedDataParallel keeps them equal; something changed one process's weights alone); {self._last_good()}"
+                )
+        self.in_sync_at_step = step
 
     def restore(self, objects):
         """Load the --resume checkpoint into `objects` (see save_checkpoint) and the random
-        generators; returns the checkpoint dict for the caller's own state (step, fixed noise...)."""
+        generators; returns the checkpoint dict for the caller's own state (step, fixed noise...).
+        Under torchrun, each process gets back its own random state."""
         for name, obj in objects.items():
-            obj.load_state_dict(self.resumed[name])  # optimizers move their state to their parameters' device
-        set_rng_state(self.resumed["rng"])
-        self.resume_metrics(self.resumed["step"])
+            _unwrapped(obj).load_state_dict(self.resumed[name])  # optimizers move their state to their parameters' device
+        set_rng_state(self.resumed["rng_per_rank"][GROUP.rank] if GROUP.size > 1 else self.resumed["rng"])
+        if is_main():
+            self.resume_metrics(self.resumed["step"])
         return self.resumed
+
+
+def _make_run_dir(path):
+    """Create the run folder and check that it can be written; returns the error text, or None."""
+    try:
+        (path / "samples").mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        return f"cannot write the run folder {path} ({error.strerror}): pass --out with a writable folder"
+    return None
 
 
 def _compatible_checkpoint(opt, script):
@@ -771,6 +1019,14 @@ def _compatible_checkpoint(opt, script):
     for key in ("dataset", "img_size", "channels", "latent_dim"):
         if key in saved and saved[key] != getattr(opt, key, saved[key]):
             raise UsageError(f"--resume: the checkpoint has {key}={saved[key]} but this run asks for {getattr(opt, key)}: drop --{key} or start a new run")
+    # Each process resumes its own random state and its own share of the epoch, which exist only for
+    # the number of processes that wrote the checkpoint.
+    size = checkpoint.get("world_size", 1)
+    if size != GROUP.size:
+        raise UsageError(
+            f"--resume {opt.resume} was trained by {size} process(es) ({size} x {saved['batch_size']} images per step) and this launch has {GROUP.size}: "
+            f"continue it with {size} ({_launch_command(size, 1 if size == 1 else checkpoint.get('machines', 1))} {script}.py --resume ...), or start a new run"
+        )
     return checkpoint
 
 
@@ -800,7 +1056,9 @@ def load_checkpoint(path):
 
 
 def save_grid(images, path, nrow=8):
-    """Save images in [-1, 1] as one PNG grid."""
+    """Save images in [-1, 1] as one PNG grid (under torchrun, rank 0 alone writes)."""
+    if not is_main():
+        return
     from torchvision.utils import save_image
 
     save_image(images.detach().float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
@@ -887,7 +1145,7 @@ class Evaluator:
         self.opt, self.data, self.device = opt, data, device
         self.enabled = opt.fid or opt.fcd
         self.scores = {}
-        if not self.enabled:
+        if not self.enabled or not is_main():  # under torchrun, rank 0 alone scores (see score)
             return
         root = Path(opt.data_root).expanduser().resolve()
         self.cache = root.with_name(root.name + "_fid_stats") if opt.dataset == "folder" else root / "fid_stats"
@@ -912,7 +1170,7 @@ class Evaluator:
         return self.cache / f"{kind}_{self.data.name}_{self.data.img_size}x{self.data.channels}{suffix}"
 
     def _real_batches(self, n):
-        batches = Batches(self.data, self.opt.batch_size, self.device, seed=0, n_workers=self.opt.n_cpu)
+        batches = Batches(self.data, self.opt.batch_size, self.device, seed=0, n_workers=self.opt.n_cpu, shard=False)
         return (images for _, (images, _) in zip(range(n // self.opt.batch_size), batches.epoch(0)))
 
     def _inception_stats(self):
@@ -955,10 +1213,13 @@ class Evaluator:
 
     def score(self, generate, step):
         """The scores of `generate(n, rng) -> (images in [-1, 1], labels or None)` at `step`; computed
-        once per step."""
+        once per step. Under torchrun every process draws the fakes, as each forward of G through
+        SyncBatchNorm (--sync_bn) needs them all, and rank 0 alone scores them: the others get {}."""
         if step not in self.scores:
             features, inception, counts = [], [], torch.zeros(self.data.n_classes or 1)
             for images, _ in fakes(generate, self.opt.fid_samples, self.opt.batch_size, self.opt.seed, self.device):
+                if not is_main():
+                    continue
                 if self.opt.fcd:
                     with torch.no_grad():
                         features.append(self.classifier.features(images))
@@ -968,9 +1229,9 @@ class Evaluator:
                 if self.opt.fid:
                     inception.append(self.inception_features(images))
             scores = {}
-            if self.opt.fid:
+            if is_main() and self.opt.fid:
                 scores["fid"] = frechet_distance(feature_stats(torch.cat(inception)), self.fid_stats)
-            if self.opt.fcd:
+            if is_main() and self.opt.fcd:
                 scores["fcd"] = frechet_distance(feature_stats(torch.cat(features)), self.fcd_stats)
                 scores["confident"] = counts.sum().item() / self.opt.fid_samples
                 scores["classes"] = int((counts > 0).sum())
@@ -980,9 +1241,12 @@ class Evaluator:
 
     def save_fakes(self, generate, n, folder):
         """Write n fakes as PNG files into `folder` (one sub-folder per class when `generate` gives
-        labels), the input pytorch-fid's command line expects; returns the folder."""
+        labels), the input pytorch-fid's command line expects; returns the folder. Under torchrun,
+        every process draws the fakes (see score) and rank 0 alone writes them."""
         written = 0
         for images, labels in fakes(generate, n, self.opt.batch_size, self.opt.seed, self.device):
+            if not is_main():
+                continue
             pixels = images.add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             for index, array in enumerate(pixels):
                 target = folder / self.data.classes[int(labels[index])] if labels is not None else folder
@@ -1192,7 +1456,13 @@ class GracefulInterrupt:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
+        self.signalled = False
+
+    @property
+    def requested(self):
+        """Whether any process was signalled. torchrun passes a Ctrl-C or SIGTERM on to every process,
+        which may each see it at a different step; asking all of them makes them stop after the same one."""
+        return any_process(self.signalled)
 
     def __enter__(self):
         self._previous = {sig: signal.getsignal(sig) for sig in self.SIGNALS}
@@ -1201,10 +1471,11 @@ class GracefulInterrupt:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.signalled:
             raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint (again to stop at once)", file=sys.stderr)
+        self.signalled = True
+        if is_main():
+            print(f"\n{signal.Signals(signum).name}: finishing this step and saving a checkpoint (again to stop at once)", file=sys.stderr)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -1214,7 +1485,8 @@ class GracefulInterrupt:
 
 @contextlib.contextmanager
 def friendly_errors():
-    """Report UsageError (exit 2), Diverged (exit 1) and CUDA out-of-memory with a hint (exit 1), no traceback."""
+    """Report UsageError (exit 2), Diverged (exit 1) and CUDA out-of-memory with a hint (exit 1), no
+    traceback; under torchrun, leave the process group after a run that completed."""
     prog = Path(sys.argv[0]).name
     try:
         yield
@@ -1229,4 +1501,5 @@ def friendly_errors():
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    _leave_group()
 

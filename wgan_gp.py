@@ -19,6 +19,7 @@ Run:
     python wgan_gp.py --dataset mnist --data_root data               # downloads MNIST into data/
     python wgan_gp.py --dataset folder --data_root faces/ --img_size 64
     python wgan_gp.py --resume runs/wgan_gp_digits_20260101-120000  # continue a run
+    torchrun --standalone --nproc_per_node=4 wgan_gp.py             # 4 GPUs of one machine; see the README
 """
 
 import argparse
@@ -62,6 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/cuBLAS kernels for reproducible GPU runs (slower); CPU runs with the same --seed are reproducible anyway")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--sync_bn", action="store_true", help="under torchrun: BatchNorm normalises with the statistics of all processes' batches together (SyncBatchNorm, CUDA GPUs only), as one big batch would; slower")
     parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
     parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
     common.add_evaluation_args(parser)
@@ -185,6 +187,8 @@ def input_gradient_norm(critic, images):
 def train(opt):
     common.seed_everything(opt.seed, opt.deterministic)
     device = common.get_device(opt.device)
+    # Distributed (torchrun): join the other processes, one per GPU, each with its own seed; a plain run goes on as it was.
+    device = common.init_distributed(opt, device)
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
     evaluator = common.Evaluator(opt, data, device)  # --fid/--fcd nets load now: a missing download fails before training
@@ -194,6 +198,8 @@ def train(opt):
     discriminator = Critic(opt.channels, opt.img_size, opt.ndf).to(device)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
+    # Distributed (torchrun): every process starts from rank 0's weights and steps with the gradients averaged over all.
+    generator, discriminator = common.distribute(opt, generator, discriminator)
     if opt.compile:  # the critic stays eager: compiled code has no double backward for its penalty
         generator.compile()
     optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
@@ -233,7 +239,7 @@ def train(opt):
     start = time.perf_counter() - seconds
     with common.GracefulInterrupt() as interrupt:
         while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
-            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True)
+            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True, disable=not common.is_main())
             for real, _ in progress:
                 batch += 1
                 # ---------------------
@@ -295,7 +301,7 @@ def train(opt):
     if step % opt.sample_interval:
         save_samples()
     if interrupt.requested:
-        print(f"stopped at step {step}; continue with: python {run.script}.py --resume {run.dir}")
+        print(f"stopped at step {step}; continue with: {run.resume_command}")
         raise KeyboardInterrupt
     if evaluator:
         run.log_eval(step, evaluator.score(generate, step))

@@ -206,7 +206,7 @@ def test_unavailable_device_is_a_clear_error():
 
 
 def make_run(tmp_path, **overrides):
-    opt = argparse.Namespace(out=str(tmp_path), dataset="digits", resume=None, img_size=16, channels=1, latent_dim=4)
+    opt = argparse.Namespace(out=str(tmp_path), dataset="digits", resume=None, img_size=16, channels=1, latent_dim=4, batch_size=8)
     vars(opt).update(overrides)
     return common.Run(opt, "dcgan.py"), opt
 
