@@ -45,7 +45,6 @@ import os
 import platform
 import re
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -87,20 +86,10 @@ def parse_args(argv=None):
     parser.add_argument("--_result", help=argparse.SUPPRESS)  # ...and write its result there as JSON
     opt = parser.parse_args(argv)
     opt.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    opt.extra = {script: [] for script in SCRIPTS}
-    for text in opt.script_args:
-        match = re.match(r"\s*(\w+):(?!\S)(.*)$", text, re.S)
-        if match and match.group(1) not in SCRIPTS:
-            parser.error(f"--script_args {text!r}: {match.group(1)!r} is not a script; choose one of {', '.join(SCRIPTS)}")
-        try:
-            flags = shlex.split(match.group(2) if match else text)
-        except ValueError as error:
-            parser.error(f"--script_args {text!r}: {error}")
-        own = [flag for flag in flags if flag.split("=")[0] in OWN_FLAGS]
-        if own:
-            parser.error(f"--script_args: bench.py sets {own[0]} itself")
-        for script in [match.group(1)] if match else SCRIPTS:
-            opt.extra[script] += flags
+    try:
+        opt.extra = common.split_script_args(opt.script_args, SCRIPTS, OWN_FLAGS, "bench.py")
+    except common.UsageError as error:
+        parser.error(str(error))
     return opt
 
 

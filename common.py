@@ -16,6 +16,8 @@ import math
 import os
 import pickle
 import random
+import re
+import shlex
 import shutil
 import signal
 import sys
@@ -106,6 +108,27 @@ class ArgumentParser(argparse.ArgumentParser):
         if getattr(opt, "fid_interval", None) and not (opt.fid or opt.fcd):
             self.error("--fid_interval says how often to score: add --fid or --fcd")
         return opt
+
+
+def split_script_args(texts, scripts, own_flags, tool, hint=""):
+    """compare.py's and bench.py's --script_args: each text is '[SCRIPT:] FLAGS', flags for one script
+    or, without a prefix, for all of `scripts`; returns {script: [flags]}. A flag in `own_flags`, which
+    `tool` sets itself, an unknown script or unbalanced quotes raise UsageError."""
+    extra = {script: [] for script in scripts}
+    for text in texts:
+        match = re.match(r"\s*(\w+):(?!\S)(.*)$", text, re.S)
+        if match and match.group(1) not in scripts:
+            raise UsageError(f"--script_args {text!r}: {match.group(1)!r} is not a script; choose one of {', '.join(scripts)}")
+        try:
+            flags = shlex.split(match.group(2) if match else text)
+        except ValueError as error:
+            raise UsageError(f"--script_args {text!r}: {error}")
+        own = [flag for flag in flags if flag.split("=")[0] in own_flags]
+        if own:
+            raise UsageError(f"--script_args: {tool} sets {own[0]} itself{hint}")
+        for script in [match.group(1)] if match else scripts:
+            extra[script] += flags
+    return extra
 
 
 def _number(kind, low, low_inclusive, high=None):
