@@ -44,13 +44,13 @@ import common
 ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("dcgan", "lsgan", "cgan", "cogan", "wgan", "wgan_gp", "began")
 
-# Generator steps per script when neither --steps nor --minutes is given: three minutes each on 2 CPU
-# cores with digits at 32x32 (see RATES), five for wgan, whose first 25 steps take 100 critic steps
-# each, so that all seven finish in under 30 minutes.
-DEFAULT_STEPS = dict(dcgan=1500, lsgan=1500, cgan=1500, cogan=750, wgan=400, wgan_gp=300, began=700)
-# Generator steps per second on 2 CPU cores with digits at 32x32; with --minutes they space the scores.
-# wgan trains its critic 100 times per generator step for its first 25 steps: slower at first.
-RATES = dict(dcgan=8.4, lsgan=8.4, cgan=8.4, cogan=4.2, wgan=2.7, wgan_gp=1.6, began=4.0)
+# Generator steps per script when neither --steps nor --minutes is given: about three minutes each on
+# 2 CPU cores with digits at 32x32 (see RATES; wgan's first 25 steps take 100 critic steps each), so
+# that all seven finish in under 30 minutes.
+DEFAULT_STEPS = dict(dcgan=1500, lsgan=1500, cgan=1500, cogan=750, wgan=1000, wgan_gp=800, began=700)
+# Generator steps per second on 2 CPU cores with digits at 32x32, measured in a default comparison;
+# with --minutes they space the scores. wgan's is the mean over its first 1000 steps, boosts included.
+RATES = dict(dcgan=7.9, lsgan=7.6, cgan=7.6, cogan=5.0, wgan=5.5, wgan_gp=3.9, began=3.3)
 # Flags that compare.py sets itself, refused in --script_args.
 OWN_FLAGS = ("--out", "--resume", "--n_iters", "--fid", "--fcd", "--fid_interval", "--generate")
 # Without --n_epochs in --script_args, this many: the budget ends a run, not the script's own schedule.
@@ -64,7 +64,7 @@ def parse_args(argv=None):
     parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself")
     parser.add_argument("--scripts", nargs="+", choices=SCRIPTS, default=list(SCRIPTS), metavar="SCRIPT", help=f"the variants to compare, in this order (default: all of {', '.join(SCRIPTS)})")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=common.positive_int, help="generator steps for every script (default: per script, " + ", ".join(f"{s} {n}" for s, n in DEFAULT_STEPS.items()) + ": 3 to 5 minutes each on 2 CPU cores with digits, under 30 minutes for all seven)")
+    budget.add_argument("--steps", type=common.positive_int, help="generator steps for every script (default: per script, " + ", ".join(f"{s} {n}" for s, n in DEFAULT_STEPS.items()) + ": about 3 minutes each on 2 CPU cores with digits, under 30 minutes for all seven)")
     budget.add_argument("--minutes", type=common.positive_float, help="minutes of training for every script, scoring during training included; each is then stopped as by Ctrl-C and scored at the step it reached; the scores during training are spaced by RATES, steps per second on 2 CPU cores, so a faster machine scores more often")
     parser.add_argument("--fid", action="store_true", help="score by FID (pytorch-fid's Inception features; needs its weights, see the scripts' --fid_weights) instead of the offline FCD (a classifier trained on the labelled data)")
     parser.add_argument("--evals", type=common.positive_int, default=5, help="scores per run, evenly spaced over its budget, the last at the end (1: only at the end)")
