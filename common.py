@@ -956,11 +956,12 @@ class Run:
         if self.skipped:
             _reset_nan_running_stats(objects.values())
         self._check_in_sync(objects, state.get("step"))
-        every_rng = _gather_on_main(rng_state())
+        rng = rng_state()
+        every_rng = _gather_on_main(rng)
         error = None
         if is_main():
             checkpoint = {name: _unwrapped(obj).state_dict() for name, obj in objects.items()}
-            checkpoint.update(state, args=vars(opt), script=self.script, rng=rng_state(), world_size=GROUP.size, machines=GROUP.machines)
+            checkpoint.update(state, args=vars(opt), script=self.script, rng=rng, world_size=GROUP.size, machines=GROUP.machines)
             if GROUP.size > 1:
                 checkpoint["rng_per_rank"] = every_rng
             error = self._write_checkpoint(checkpoint)
