@@ -1,4 +1,5 @@
-"""began.py: k_t stays in [0, 1], the nets fit every accepted size, the lr decays on a stalled M."""
+"""began.py: k_t stays in [0, 1], the nets fit every accepted size, the lr decays on a stalled M,
+the digits' own defaults."""
 
 import pytest
 import torch
@@ -22,6 +23,17 @@ def test_k_t_stays_in_unit_interval_while_training(tmp_path):
     k = [float(row["k_t"]) for row in read_metrics(run.dir)]
     assert all(0.0 <= value <= 1.0 for value in k) and max(k) > 0
     assert torch.load(run.checkpoint_path, weights_only=False)["k_t"] == k[-1]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], (16, 1.0, 0.01)),  # digits: the settings that keep G from collapsing onto one stroke
+    (["--dataset", "mnist"], (32, 0.5, 0.001)),  # every other data set: the paper's
+    (["--dataset", "folder"], (64, 0.5, 0.001)),
+    (["--gamma", "0.5", "--lambda_k", "0.001", "--img_size", "32"], (32, 0.5, 0.001)),  # flags win
+])
+def test_digits_have_their_own_defaults(argv, expected):
+    opt = began.parse_args(argv)
+    assert (opt.img_size, opt.gamma, opt.lambda_k) == expected
 
 
 @pytest.mark.parametrize("size", [16, 28, 32, 48, 64, 96])
