@@ -52,7 +52,7 @@ DEFAULT_STEPS = dict(dcgan=1500, lsgan=1500, cgan=1500, cogan=750, wgan=1000, wg
 # with --minutes they space the scores. wgan's is the mean over its first 1000 steps, boosts included.
 RATES = dict(dcgan=7.9, lsgan=7.6, cgan=7.6, cogan=5.0, wgan=5.5, wgan_gp=3.9, began=3.3)
 # Flags that compare.py sets itself, refused in --script_args.
-OWN_FLAGS = ("--out", "--resume", "--n_iters", "--fid", "--fcd", "--fid_interval", "--generate")
+OWN_FLAGS = ("--img_size", "--out", "--resume", "--n_iters", "--fid", "--fcd", "--fid_interval", "--generate")
 # Without --n_epochs in --script_args, this many: the budget ends a run, not the script's own schedule.
 UNLIMITED_EPOCHS = 1_000_000
 REPORT_EVERY = 60  # seconds between progress lines while a script trains
@@ -67,6 +67,7 @@ def parse_args(argv=None):
     budget.add_argument("--steps", type=common.positive_int, help="generator steps for every script (default: per script, " + ", ".join(f"{s} {n}" for s, n in DEFAULT_STEPS.items()) + ": about 3 minutes each on 2 CPU cores with digits, under 30 minutes for all seven)")
     budget.add_argument("--minutes", type=common.positive_float, help="minutes of training for every script, scoring during training included; each is then stopped as by Ctrl-C and scored at the step it reached; the scores during training are spaced by RATES, steps per second on 2 CPU cores, so a faster machine scores more often")
     parser.add_argument("--fid", action="store_true", help="score by FID (pytorch-fid's Inception features; needs its weights, see the scripts' --fid_weights) instead of the offline FCD (a classifier trained on the labelled data)")
+    parser.add_argument("--img_size", type=common.positive_int, help="the one image size every script trains and is scored at, so that the scores compare (default: per data set, 32 for digits, where began.py alone would choose 16)")
     parser.add_argument("--evals", type=common.positive_int, default=5, help="scores per run, evenly spaced over its budget, the last at the end (1: only at the end)")
     parser.add_argument("--script_args", action="append", default=[], metavar="[SCRIPT:]FLAGS", help="more flags for the scripts: '--batch_size 32' for all of them, 'began: --h_dim 32' for one; repeatable")
     parser.add_argument("--out", default="compare", help="results go to <out>/<dataset>/, run folders to <out>/<dataset>/runs/")
@@ -75,7 +76,7 @@ def parse_args(argv=None):
     opt = parser.parse_args(argv)
     opt.argv = sys.argv[1:] if argv is None else list(argv)  # for results.md: how it was made
     try:
-        opt.extra = common.split_script_args(opt.script_args, SCRIPTS, OWN_FLAGS, "compare.py", hint=" (use --steps, --minutes, --fid, --evals, --out)")
+        opt.extra = common.split_script_args(opt.script_args, SCRIPTS, OWN_FLAGS, "compare.py", hint=" (use --img_size, --steps, --minutes, --fid, --evals, --out)")
     except common.UsageError as error:
         parser.error(str(error))
     return opt
@@ -111,7 +112,7 @@ def compare_one(script, opt, folder):
         if opt.minutes:
             limit -= checkpoint.get("seconds", 0.0)
     else:
-        command = ["--dataset", opt.dataset, "--data_root", opt.data_root, "--out", str(folder / "runs"), "--n_epochs", str(UNLIMITED_EPOCHS), *scores, *opt.extra[script]]
+        command = ["--dataset", opt.dataset, "--data_root", opt.data_root, "--img_size", str(opt.img_size), "--out", str(folder / "runs"), "--n_epochs", str(UNLIMITED_EPOCHS), *scores, *opt.extra[script]]
         print(f"{script}: training " + (f"for {opt.minutes:g} minutes" if opt.minutes else f"{budget_steps(script, opt)} steps"))
     if not opt.minutes:
         command += ["--n_iters", str(budget_steps(script, opt))]
@@ -142,7 +143,7 @@ def compare_one(script, opt, folder):
 def run_key(script, opt):
     """What must match for a run to be reused: data, budget, scoring and flags."""
     budget = dict(minutes=opt.minutes) if opt.minutes else dict(steps=budget_steps(script, opt))
-    return dict(script=script, dataset=opt.dataset, data_root=opt.data_root, **budget, fid=opt.fid, evals=opt.evals, script_args=opt.extra[script])
+    return dict(script=script, dataset=opt.dataset, data_root=opt.data_root, img_size=opt.img_size, **budget, fid=opt.fid, evals=opt.evals, script_args=opt.extra[script])
 
 
 def script_hash(script):

@@ -14,7 +14,7 @@ from conftest import ROOT, train_script
 from test_scripts import SCRIPTS, TINY
 
 # Flags for every compared script: tiny nets, and few fakes per score.
-TINY_FLAGS = "--img_size 16 --batch_size 8 --latent_dim 8 --ngf 8 --ndf 8 --sample_interval 2 --fid_samples 64"
+TINY_FLAGS = "--batch_size 8 --latent_dim 8 --ngf 8 --ndf 8 --sample_interval 2 --fid_samples 64"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def compared(tmp_path_factory, scoring_root):
         (scripts / name).symlink_to(ROOT / name)
     (scripts / "cgan.py").write_text("import sys\nprint('Traceback (most recent call last):\\nRuntimeError: boom', file=sys.stderr)\nsys.exit(1)\n")
     out = tmp_path_factory.mktemp("compare")
-    argv = ["--scripts", "dcgan", "lsgan", "cgan", "--steps", "4", "--evals", "2", "--script_args", TINY_FLAGS, "--out", str(out), "--data_root", str(scoring_root)]
+    argv = ["--scripts", "dcgan", "lsgan", "cgan", "--img_size", "16", "--steps", "4", "--evals", "2", "--script_args", TINY_FLAGS, "--out", str(out), "--data_root", str(scoring_root)]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(compare, "ROOT", scripts)
         compare.main(compare.parse_args(argv))
@@ -89,6 +89,7 @@ def test_compare_writes_the_table_and_figures(compared):
         run_dir = (folder / image).parent.parent
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["step"] == 4
+        assert json.loads((run_dir / "config.json").read_text())["img_size"] == 16  # compare.py's one size for all
         scored = common.metrics_series(run_dir)["fcd"][0]
         assert list(scored) == [2, 4]  # --evals 2: every 2 steps, the last at the end
     assert "failed" in rows["cgan"] and "RuntimeError: boom" in rows["cgan"]
@@ -129,6 +130,7 @@ def test_critic_pictures(tmp_path):
     (["--scripts", "dcgan", "nosuch"], "invalid choice: 'nosuch'"),
     (["--script_args", "nosuch: --lr 1"], "'nosuch' is not a script"),
     (["--script_args", "--n_iters 5"], "compare.py sets --n_iters itself"),
+    (["--script_args", "began: --img_size 16"], "compare.py sets --img_size itself"),
     (["--script_args", "--lr '1"], "No closing quotation"),
     (["--steps", "5", "--minutes", "1"], "not allowed with argument"),
     (["--steps", "0"], "out of range"),
