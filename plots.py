@@ -1,0 +1,178 @@
+"""Pictures of a run, imported only where they are drawn: losses.png (the metrics over the steps) and
+progress.gif (the sample grids as an animation) at the end of a run and by `python compare.py --plot
+RUN`, and the TensorBoard log of --tensorboard. A run copied without this file trains all the same.
+"""
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import common
+
+# The panels of losses.png: title, the metrics.csv columns drawn in it, log scale (True, False, or
+# "auto": when the values span more than a factor 30). A panel appears when one of its columns has
+# values, so every script gets the panels of what it logs.
+PLOT_PANELS = (
+    ("losses", ("loss_D", "loss_G", "L_x"), False),
+    ("mean discriminator output", ("D_x", "D_G_z"), False),
+    ("critic's estimate of the Wasserstein distance", ("W_estimate",), False),
+    ("BEGAN's balance k_t", ("k_t",), False),
+    ("BEGAN's convergence measure M", ("M",), False),
+    ("critic gradient norm ||grad_x D||", ("grad_norm_real", "grad_norm_fake", "grad_norm"), True),
+    ("FCD (classifier features; lower is better)", ("fcd",), "auto"),
+    ("FID (Inception features; lower is better)", ("fid",), "auto"),
+)
+PLOT_LABELS = {
+    "D_x": "D(x)",
+    "D_G_z": "D(G(z))",
+    "grad_norm_real": "at real data",
+    "grad_norm_fake": "at fakes",
+    "grad_norm": "at interpolates (penalised)",
+}
+# progress.gif shows at most GIF_FRAMES sample grids, spread evenly over the run, and fewer when the
+# grids are large: GIF compresses generated images poorly (about a byte per pixel), so GIF_PIXELS
+# (pixels of all frames together) keeps the file near 3 MB.
+GIF_FRAMES, GIF_PIXELS = 60, 3_000_000
+
+
+def metrics_series(run_dir, x="step"):
+    """metrics.csv and scores.csv as {column: (x values, values)}, each column against column `x`,
+    skipping blank cells and rows cut short by a live run."""
+    series = {}
+    for name in ("metrics.csv", "scores.csv"):
+        if not (Path(run_dir) / name).exists():
+            continue
+        with open(Path(run_dir) / name, newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            try:
+                at = float(row.get(x) or "nan")
+            except ValueError:
+                continue
+            for column, text in row.items():
+                if column in (None, x) or not text or (name == "scores.csv" and column in ("step", "seconds")):
+                    continue
+                try:
+                    value = float(text)
+                except (TypeError, ValueError):
+                    continue
+                xs, ys = series.setdefault(column, ([], []))
+                xs.append(at)
+                ys.append(value)
+    return {column: (np.array(xs), np.array(ys)) for column, (xs, ys) in series.items()}
+
+
+def moving_average(steps, values, points=50):
+    """The mean of each window of about len(values) / points entries, at the window's last step:
+    per-step losses are noise up close."""
+    window = len(values) // points
+    if window < 2:
+        return steps, values
+    return steps[window - 1 :], np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def loss_panels(columns):
+    """The panels of losses.png for a run that logged `columns`: (title, its columns, log scale)."""
+    panels = [(title, [c for c in names if c in columns], log) for title, names, log in PLOT_PANELS]
+    return [panel for panel in panels if panel[1]]
+
+
+def save_plots(run_dir):
+    """Draw a run's losses.png (its metrics over the steps) and progress.gif (its sample grids as an
+    animation) into `run_dir`; returns the paths written. Called at the end of every run, and by
+    `python compare.py --plot RUN_DIR` at any time. A problem costs one warning line, never the run."""
+    run_dir, written, problems = Path(run_dir), [], []
+    for name, draw in (("progress.gif", _draw_progress), ("losses.png", _draw_losses)):
+        try:
+            if draw(run_dir, run_dir / name):
+                written.append(run_dir / name)
+        except ImportError as error:
+            problems.append(f"no {name}: {common.first_line(error)} (pip install matplotlib)")
+        except (OSError, ValueError, csv.Error) as error:  # unreadable or unwritable files
+            problems.append(f"no {name}: {common.first_line(error)}")
+    if problems:
+        print(f"warning: {'; '.join(problems)}", file=sys.stderr)
+    return written
+
+
+def _draw_losses(run_dir, path):
+    if not (run_dir / "metrics.csv").exists():
+        return False
+    series = metrics_series(run_dir)
+    panels = loss_panels(series)
+    if not panels:
+        return False
+    # The object-oriented API without pyplot renders with Agg and leaves the caller's backend alone;
+    # imported here so that the scripts do not pay for matplotlib until a run ends.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 1.2 + 2.2 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (title, columns, log) in zip(axes, panels):
+        for column in columns:
+            steps, values = series[column]
+            label = PLOT_LABELS.get(column, column)
+            if len(values) <= 50:  # evaluations, or a short run: every point
+                ax.plot(steps, values, "o-", markersize=3, label=label)
+            else:
+                (line,) = ax.plot(steps, values, linewidth=0.5, alpha=0.3)
+                ax.plot(*moving_average(steps, values), color=line.get_color(), label=f"{label} (moving average)")
+        ax.set_title(title, fontsize=10, loc="left")
+        values = np.concatenate([series[column][1] for column in columns])
+        if log is True or (log == "auto" and values.min() > 0 and values.max() > 30 * values.min()):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    axes[-1].set_xlabel("generator step")
+    fig.suptitle(run_dir.name, fontsize=10)
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def _draw_progress(run_dir, path):
+    from PIL import ImageDraw, ImageFont
+
+    grids = sorted((int(p.stem), p) for p in (run_dir / "samples").glob("*.png") if p.stem.isdigit())
+    if not grids:
+        return False
+    with Image.open(grids[-1][1]) as last:
+        size = last.size
+    count = min(len(grids), GIF_FRAMES, max(8, GIF_PIXELS // (size[0] * size[1])))
+    font, frames = ImageFont.load_default(), []
+    for index in np.unique(np.linspace(0, len(grids) - 1, count).round().astype(int)):
+        step, file = grids[index]
+        with Image.open(file) as img:
+            grid = img.convert("RGB")
+        frame = Image.new("RGB", (size[0], size[1] + 14), "white")  # a strip above the grid for the step
+        frame.paste(grid.resize(size) if grid.size != size else grid, (0, 14))
+        ImageDraw.Draw(frame).text((3, 1), f"step {step}", fill="black", font=font)
+        frames.append(frame)
+    pause = int(np.clip(6000 / len(frames), 100, 500))  # about six seconds in all, then linger on the last grid
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=[pause] * (len(frames) - 1) + [2000], loop=0)
+    return True
+
+
+class TensorBoard:
+    """--tensorboard: the metrics, scores and sample grids for TensorBoard, in <run>/tensorboard."""
+
+    def __init__(self, folder):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise common.UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
+        self.writer = SummaryWriter(folder)
+
+    def scalars(self, group, step, values):
+        for name, value in values.items():
+            self.writer.add_scalar(f"{group}/{name}", value, step)
+
+    def grid(self, step, images):
+        from torchvision.utils import make_grid
+
+        self.writer.add_image("samples", make_grid(images.float().cpu(), normalize=True, value_range=(-1, 1)), step)
+
+    def close(self):
+        self.writer.close()
