@@ -49,10 +49,8 @@ class Diverged(Exception):
     """A loss became NaN or infinite: one line, exit code 1, the last checkpoint untouched."""
 
 
-# ------------------------------ Command line -----------------------------------------------------
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors, no abbreviations, and defaults that come, weakest first, from the
-    flag, the data set (DATASETS, then the script's own), and the --resume checkpoint's arguments."""
+    """argparse with one-line errors, no abbreviations, and defaults from the data set and --resume."""
 
     def __init__(self, *args, dataset_defaults=None, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
@@ -85,10 +83,7 @@ def number(kind, low, inclusive=False, below=math.inf):
     """An argparse type: a number of `kind` above `low` (or equal, with `inclusive`) and below `below`."""
 
     def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}")
+        value = kind(text)  # argparse reports a ValueError here as "invalid int value: 'x'"
         if not ((low <= value) if inclusive else (low < value)) or not value < below:  # NaN and Inf fail too
             bounds = f"{'>=' if inclusive else '>'} {low}" + (f" and < {below}" if below < math.inf else "")
             raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {bounds}")
@@ -126,7 +121,6 @@ def add_run_args(parser):
     run("--tensorboard", action="store_true", help="also log to <run>/tensorboard; needs plots.py")
 
 
-# ------------------------------ Device, seed, torchrun -------------------------------------------
 def is_main():
     """Whether this process writes the run folder and prints: rank 0, or the only process."""
     return GROUP.rank == 0
@@ -140,28 +134,26 @@ def get_device(name="auto"):
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s); use --device auto")
-    if device.type == "mps" and not torch.mps.is_available():
-        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu or auto")
+    count = {"cuda": torch.cuda.device_count(), "mps": int(torch.mps.is_available())}.get(device.type, 1)
+    if (device.index or 0) >= count:
+        raise UsageError(f"--device {name}: PyTorch sees {count} {device.type} device(s) here; use --device auto")
     return device
 
 
 def setup(opt):
-    """The device, seeded. Under torchrun (RANK is set) also the process group: cuda:LOCAL_RANK with
-    NCCL or the CPU with gloo, each process with its own seed and only rank 0 printing."""
+    """The device, seeded; under torchrun, in the process group (NCCL on cuda:LOCAL_RANK, or gloo)."""
     device = get_device(opt.device)
+    if opt.sync_bn and ("RANK" not in os.environ or device.type != "cuda"):
+        raise UsageError("--sync_bn synchronises BatchNorm between torchrun's processes on CUDA GPUs: drop it here")
     if "RANK" in os.environ:
         GROUP.rank, GROUP.local_rank, GROUP.size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
         if device.type == "cuda":
             torch.cuda.set_device(device := torch.device("cuda", GROUP.local_rank))
-        elif device.type != "cpu" or opt.sync_bn:
-            raise UsageError(f"--device {device.type}{' --sync_bn' * opt.sync_bn}: under torchrun use CUDA or the CPU")
+        elif device.type != "cpu":
+            raise UsageError(f"--device {device.type}: torchrun needs CUDA or the CPU: pass --device cpu")
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         GROUP.distributed, sys.stdout = True, sys.stdout if is_main() else open(os.devnull, "w")
-    elif opt.sync_bn:
-        raise UsageError("--sync_bn synchronises BatchNorm between torchrun's processes: launch with torchrun")
     torch.manual_seed(opt.seed + GROUP.rank)  # seeds CUDA and MPS too; rank 0 draws what a plain run draws
     torch.backends.cudnn.benchmark = not opt.deterministic  # every batch has one shape: pick kernels once
     if opt.deterministic:
@@ -176,9 +168,8 @@ def amp_dtype(device):
 
 
 def distribute(opt, *nets, compile=None):
-    """The nets compiled in place with --compile (checkpoint keys stay; `compile`, a flag per net, keeps
-    some eager) and under torchrun wrapped in DistributedDataParallel: all processes start from rank 0's
-    weights and step with the gradients averaged over all of them."""
+    """The nets compiled in place (`compile`: a flag per net, else --compile), and under torchrun wrapped
+    in DistributedDataParallel: all start from rank 0's weights and step with averaged gradients."""
     for net, compiled in zip(nets, compile or [opt.compile] * len(nets)):
         net.compile() if compiled else None
     if not GROUP.distributed:
@@ -195,8 +186,7 @@ def unwrap(net):
 
 @contextlib.contextmanager
 def frozen(net):
-    """The net outside its DDP wrapper, its weights needing no gradient, for the other net's step: their
-    gradients are then neither computed nor all-reduced."""
+    """The net outside DDP with no gradient for its weights: the other net's step needs none of them."""
     unwrap(net).requires_grad_(False)
     try:
         yield unwrap(net)
@@ -206,8 +196,7 @@ def frozen(net):
 
 @contextlib.contextmanager
 def evaluating(net):
-    """The net in evaluation mode, without gradients: BatchNorm uses its running statistics, so that
-    each output depends on its own input alone and not on the rest of the batch."""
+    """The net in evaluation mode, no gradients: each output depends on its own input, not the batch's."""
     was_training = net.training
     try:
         with torch.no_grad():
@@ -224,22 +213,20 @@ def all_mean(values):
     return values
 
 
-# ------------------------------ Data -------------------------------------------------------------
 class ImageData:
-    """A data set at training size: `images` (uint8 N x C x H x W in memory) or `files` (decoded on the
-    fly), `labels` (int64) or None, and the class names."""
+    """A data set: `images` (uint8 N x C x H x W) or `files` (decoded on the fly), `labels` or None."""
 
     def __init__(self, name, img_size, channels, images=None, files=(), labels=None, classes=()):
         self.name, self.img_size, self.channels, self.images = name, img_size, channels, images
-        self.files, self.labels, self.classes, self.n_classes = list(files), labels, list(classes), len(classes)
+        self.files, self.labels, self.classes = list(files), labels, list(classes)
+        self.n_classes = len(self.classes)
 
     def __len__(self):
         return len(self.images) if self.images is not None else len(self.files)
 
 
 def load_images(dataset, data_root, img_size, channels):
-    """--dataset at img_size x img_size x channels. Under torchrun the first process of each machine
-    loads (or downloads) first, and the others then find its files."""
+    """--dataset at its size; under torchrun one process per machine loads (or downloads) first."""
     if GROUP.distributed and GROUP.local_rank != 0:
         torch.distributed.barrier()
     root = Path(data_root).expanduser()
@@ -268,9 +255,7 @@ def load_images(dataset, data_root, img_size, channels):
         if pixels.size(1) != channels:
             pixels = TF.rgb_to_grayscale(pixels) if channels == 1 else TF.grayscale_to_rgb(pixels)
         labels = torch.as_tensor(labels).long()
-        data = ImageData(
-            dataset, img_size, channels, pixels.contiguous(), labels=labels, classes=list(map(str, classes))
-        )
+        data = ImageData(dataset, img_size, channels, pixels.contiguous(), labels=labels, classes=map(str, classes))
     if GROUP.distributed and GROUP.local_rank == 0:
         torch.distributed.barrier()
     return data
@@ -283,9 +268,8 @@ def _image_files(folder):
 
 
 def _folder(folder, img_size, channels, labelled):
-    """A folder of images: with class sub-folders and no images beside them (torchvision's ImageFolder
-    layout) and `labelled`, each sub-folder is a class, else all images below are one unlabelled set.
-    Data that fits is decoded once into memory (by workers when large), skipping unreadable files."""
+    """A folder of images, its sub-folders classes in ImageFolder's layout when `labelled`; decoded into
+    memory where it fits (by workers when large), skipping unreadable files."""
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     labelled &= bool(subfolders) and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
     files, labels = [], []
@@ -300,18 +284,18 @@ def _folder(folder, img_size, channels, labelled):
     workers = min(os.cpu_count() or 1, 8) if len(files) > 2000 else 0
     decoded = list(torch.utils.data.DataLoader(_Decoder(data), 256, num_workers=workers))  # a tensor a batch
     keep = torch.cat([indices for _, indices in decoded])
-    if bad := [files[-1 - i] for i in keep[keep < 0].tolist()]:
+    bad = [files[-1 - i] for i in keep[keep < 0].tolist()]
+    if len(bad) == len(files):
+        raise UsageError(f"none of the {len(bad)} image files under {folder} could be read (first: {bad[0]})")
+    if bad:
         print(f"warning: skipped {len(bad)} unreadable image file(s) of {len(files)}; first: {bad[0]}", file=sys.stderr)
-    if not (keep >= 0).any():
-        raise UsageError(f"none of the {len(bad)} image files under {folder} could be read: replace them")
     data.images, keep = torch.cat([images for images, _ in decoded])[keep >= 0], keep[keep >= 0]
     data.files, data.labels = [files[i] for i in keep], data.labels[keep] if labelled else None
     return data
 
 
 def open_image(path, img_size, channels):
-    """One file as uint8 C x img_size x img_size: grey or RGB (alpha over white, 16-bit scaled), its
-    shorter side resized to img_size, center-cropped; JPEGs decode at no more than the size needed."""
+    """One file as uint8 C x size x size: grey or RGB, shorter side resized, center-cropped."""
     with Image.open(path) as img:
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"{img.width}x{img.height} is more than the {MAX_PIXELS:,} pixels allowed")
@@ -326,8 +310,7 @@ def open_image(path, img_size, channels):
 
 
 class _Decoder(torch.utils.data.Dataset):
-    """Files decoded into (image, index); an unreadable one gives (zeros, -1 - index) or, when streaming
-    (`replace`), the next readable file, with a warning."""
+    """(image, index) of a file; unreadable: (zeros, -1 - index), or streaming the next readable file."""
 
     def __init__(self, data, replace=False):
         self.data, self.replace = data, replace
@@ -336,23 +319,19 @@ class _Decoder(torch.utils.data.Dataset):
         return len(self.data.files)
 
     def __getitem__(self, index):
-        for at in range(index, index + len(self) if self.replace else index + 1):
+        for at in [i % len(self) for i in range(index, index + len(self) if self.replace else index + 1)]:
             try:
-                return open_image(self.data.files[at % len(self)], self.data.img_size, self.data.channels), at % len(
-                    self
-                )
+                return open_image(self.data.files[at], self.data.img_size, self.data.channels), at
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                 if self.replace:
-                    print(f"warning: skipped {self.data.files[at % len(self)]}: {first_line(error)}", file=sys.stderr)
+                    print(f"warning: skipped {self.data.files[at]}: {first_line(error)}", file=sys.stderr)
         return torch.zeros(self.data.channels, self.data.img_size, self.data.img_size, dtype=torch.uint8), -1 - index
 
 
 class Batches:
-    """An endless stream of shuffled batches: (images in [-1, 1] on `device`, labels or None).
-
-    Epoch e's order depends only on (seed, e), and `taken` counts the batches handed out, so a stream
-    restored from its state_dict goes on exactly where it stopped. Incomplete last batches are dropped.
-    Under torchrun process r of n takes every n-th image of each epoch's order from the r-th on."""
+    """Endless shuffled batches (images in [-1, 1] on `device`, labels or None). Epoch e's order depends on
+    (seed, e) alone and `taken` counts the batches handed out, so a stream restored from its state_dict
+    goes on exactly; incomplete last batches are dropped. Under torchrun rank r of n takes every n-th image."""
 
     def __init__(self, data, batch_size, device, seed, n_workers=0, shard=True):
         self.rank, self.world = (GROUP.rank, GROUP.size) if shard else (0, 1)
@@ -391,12 +370,10 @@ class Batches:
                 yield images.float().div_(127.5).sub_(1.0), self.labels[indices] if self.labels is not None else None
 
 
-# ------------------------------ The run folder ---------------------------------------------------
 class Run:
-    """One run's folder: config.json, metrics.csv (a row per step), scores.csv (with --fid/--fcd),
-    samples/<step>.png, checkpoint.pt and at the end summary.json. A new run gets a folder of its own,
-    <out>/<script>_<dataset>_<time>; --resume reopens the checkpoint's. A run that trains locks its
-    folder; one that only reads it (--generate, cgan's --label) does not. Under torchrun rank 0 writes."""
+    """One run's folder, <out>/<script>_<dataset>_<time> or --resume's: config.json, metrics.csv, scores.csv,
+    samples/, checkpoint.pt, summary.json. Training locks it (reading it, --generate or --label, does not);
+    under torchrun rank 0 alone writes."""
 
     plots_at_finish = True  # losses.png and progress.gif at the end: two seconds, which the tests skip
 
@@ -429,9 +406,7 @@ class Run:
             yield self.dir / name
         except OSError as error:
             (self.dir / f"{name}.tmp").unlink(missing_ok=True)
-            raise UsageError(
-                f"could not write {self.dir / name} ({error.strerror}): free some disk space, then --resume"
-            )
+            raise UsageError(f"could not write {self.dir / name} ({error.strerror}): free disk space, then --resume")
 
     def write(self, name, text):
         """Replace <run>/name whole, through a temporary file: a crash leaves the old file or the new."""
@@ -446,14 +421,12 @@ class Run:
             rows = [list(row)] * (f.tell() == 0) + [[f"{v:.6g}" if isinstance(v, float) else v for v in row.values()]]
             csv.writer(f).writerows(rows)
 
-    # -- the loop's parts, one line each in the scripts ------------------------------------------
     def progress(self, start):
-        """The steps start + 1 .. --n_iters under one progress bar. Meanwhile Ctrl-C and SIGTERM ask the
-        loop to stop after its step, with a checkpoint; a second one stops at once."""
+        """Steps start+1..n_iters under one bar; Ctrl-C or SIGTERM stops after a step (twice: at once)."""
         previous = {sig: signal.signal(sig, self._signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.started = time.perf_counter() - self.seconds
         self.bar = tqdm(
-            range(start + 1, self.opt.n_iters + 1), initial=start, total=self.opt.n_iters, disable=not is_main()
+            range(start + 1, self.opt.n_iters + 1), initial=start, total=self.opt.n_iters, disable=GROUP.rank
         )
         try:
             yield from self.bar
@@ -471,12 +444,10 @@ class Run:
         tqdm.write(f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint", file=sys.stderr)
 
     def log(self, step, **values):
-        """A row of metrics.csv: the values (tensors read in one transfer, averaged over torchrun's
-        processes, as is whether any was signalled). A NaN or Inf stops the run before any checkpoint."""
-        read = all_mean(
-            torch.stack([torch.as_tensor(v, device=self.device).float() for v in [*values.values(), self.signalled]])
-        )
-        *numbers, signalled = read.tolist()
+        """A row of metrics.csv, read in one transfer and averaged over torchrun's processes with whether any
+        was signalled. A NaN or Inf stops the run before any checkpoint."""
+        *numbers, signalled = all_mean(torch.stack([torch.as_tensor(v, device=self.device).float()
+                                                    for v in [*values.values(), self.signalled]])).tolist()  # fmt: skip
         values = dict(zip(values, numbers))
         if bad := next((name for name, value in values.items() if not math.isfinite(value)), None):
             last = f"--resume {self.dir}" if self.checkpoint_path.exists() else "no checkpoint yet: start again"
@@ -489,8 +460,8 @@ class Run:
             self.tensorboard.scalars("train", step, values)
 
     def sample(self, step, generator, *inputs):
-        """samples/<step>.png every --sample_interval steps, at the end and when stopping: generator(*inputs)
-        in evaluation mode; a pair of outputs (CoGAN's two domains) shows side by side."""
+        """samples/<step>.png of generator(*inputs) in eval mode every --sample_interval steps, at the end;
+        a pair of outputs (CoGAN's domains) side by side."""
         if (step % self.opt.sample_interval and step != self.opt.n_iters and not self.stopping) or not is_main():
             return
         with evaluating(generator) as net:
@@ -513,8 +484,7 @@ class Run:
             self.scorer.score(self, step, generator, fakes)
 
     def checkpoint(self, step, state):
-        """checkpoint.pt every --checkpoint_interval steps and at the end; when Ctrl-C or SIGTERM asked to
-        stop, saved before the run stops (exit code 130) with the command that continues it."""
+        """checkpoint.pt every --checkpoint_interval steps, at the end, and before stopping on a signal."""
         if step % self.opt.checkpoint_interval == 0 or step == self.opt.n_iters or self.stopping:
             self.save_checkpoint(step, state)
         if self.stopping:
@@ -542,15 +512,12 @@ class Run:
         if getattr(self, "lock", None):
             self.lock.close()
 
-    # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, step, state):
-        """checkpoint.pt: each entry of `state` (nets, optimizers, scalers, batch streams: their state_dict;
-        tensors as they are), the step, the arguments and each process's random state. It replaces the
-        last one only once whole, and that one stays as checkpoint.prev.pt."""
-        rng = {
-            "cpu": torch.get_rng_state(),
-            **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {}),
-        }
+        """`state` (state_dicts; tensors as they are), the step, arguments and each process's random state,
+        replacing checkpoint.pt once whole; the one before stays as checkpoint.prev.pt."""
+        rng = dict(
+            cpu=torch.get_rng_state(), **(dict(cuda=torch.cuda.get_rng_state()) if self.device.type == "cuda" else {})
+        )
         every_rng = [rng] * GROUP.size
         if GROUP.distributed:
             torch.distributed.all_gather_object(every_rng, rng)
@@ -562,18 +529,17 @@ class Run:
         }
         checkpoint.update(format=CHECKPOINT_FORMAT, script=self.script, step=step, seconds=self.seconds, args=args)
         checkpoint.update(world_size=GROUP.size, rng=every_rng)
-        with self.writing("checkpoint.pt.tmp") as tmp:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                os.fsync(f.fileno())
-            if self.checkpoint_path.exists():  # a hard link: at every moment a whole checkpoint has a name
-                (self.dir / "checkpoint.prev.pt").unlink(missing_ok=True)
-                os.link(self.checkpoint_path, self.dir / "checkpoint.prev.pt")
-            os.replace(tmp, self.checkpoint_path)
+        with self.writing("checkpoint.pt") as path, open(tmp := path.with_name("checkpoint.pt.tmp"), "wb") as f:
+            torch.save(checkpoint, f)
+            os.fsync(f.fileno())
+            if path.exists():  # a hard link: at every moment a whole checkpoint has one of the two names
+                path.with_name("checkpoint.prev.pt").unlink(missing_ok=True)
+                os.link(path, path.with_name("checkpoint.prev.pt"))
+            os.replace(tmp, path)
 
     def restore(self, state):
-        """Load the --resume checkpoint into `state` (see save_checkpoint) and the random generators, and
-        drop the rows of metrics.csv and scores.csv written after it; returns its step, 0 for a new run."""
+        """Load --resume's checkpoint into `state` and the random generators, drop the rows written after it;
+        returns its step (0 for a new run)."""
         if not self.resumed:
             return 0
         for name, obj in state.items():
@@ -587,21 +553,18 @@ class Run:
         for name in ("metrics.csv", "scores.csv"):
             if (self.dir / name).exists():
                 lines = (self.dir / name).read_text().splitlines(keepends=True)
-                self.write(
-                    name, "".join(lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) <= self.step])
-                )
+                self.write(name, "".join(lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= self.step]))
         return self.step
 
 
 def _optional(module, flags=None):
-    """A module of the repo imported only when `flags` ask for it: missing, one line naming the file to
-    copy (or, for the plots at the end of a run, a warning and a stand-in that draws nothing)."""
+    """A module imported only when `flags` ask for it; missing, one line naming it (plots: a warning)."""
     try:
         return __import__(module)
     except ImportError:
         if flags:
             raise UsageError(f"{flags} need {module}.py: copy it from the repository beside this script")
-        print(f"no losses.png and progress.gif: copy {module}.py beside this script for them", file=sys.stderr)
+        print(f"no losses.png and progress.gif: copy {module}.py beside this script", file=sys.stderr)
         return argparse.Namespace(save_plots=lambda folder: None)
 
 
@@ -619,7 +582,7 @@ def _new_folder(out, name):
 
 
 def _lock(folder):
-    """An OS lock on the run folder while it trains, which the kernel drops when the process dies."""
+    """An OS lock on the run folder while it trains; the kernel drops it when the process dies."""
     try:
         import fcntl
     except ImportError:  # no such lock here (Windows): never block
@@ -632,8 +595,7 @@ def _lock(folder):
 
 
 def load_checkpoint(path):
-    """A checkpoint of Run.save_checkpoint (a run folder or the file), read with weights_only=True, so that
-    a checkpoint someone shared can never run code. A save cut short leaves checkpoint.prev.pt: used then."""
+    """A run's checkpoint, read with weights_only=True: a shared checkpoint can never run code."""
     path = Path(path).expanduser()
     path = path / "checkpoint.pt" if path.is_dir() else path
     path = path.with_name("checkpoint.prev.pt") if not path.exists() and path.name == "checkpoint.pt" else path
@@ -658,9 +620,7 @@ def checked_checkpoint(opt, script):
         raise UsageError(f"--resume {opt.resume} was written by {checkpoint['script']}.py, not {script}.py")
     for key in ("dataset", "img_size", "channels", "latent_dim"):
         if checkpoint["args"].get(key) != getattr(opt, key, checkpoint["args"].get(key)):
-            raise UsageError(
-                f"--resume: the checkpoint has {key}={checkpoint['args'][key]}: drop --{key}, or start anew"
-            )
+            raise UsageError(f"--resume: the checkpoint has {key}={checkpoint['args'][key]}: drop --{key}")
     if checkpoint["world_size"] != GROUP.size:  # each process resumes its own random state
         raise UsageError(
             f"--resume {opt.resume} was trained by {checkpoint['world_size']} process(es), not {GROUP.size}"
@@ -673,15 +633,15 @@ def first_line(error):
 
 
 def main(train, parse_args):
-    """train(parse_args()), with UsageError (exit 2), Diverged and GPU out-of-memory (exit 1) as one line
-    and Ctrl-C as exit 130; under torchrun, the process group left at the end."""
+    """train(parse_args()): UsageError (exit 2), Diverged and out-of-memory (exit 1) as one line, Ctrl-C 130."""
     try:
         train(parse_args())
     except (UsageError, Diverged, torch.OutOfMemoryError) as error:
-        message = (
-            "out of GPU memory: pass a smaller --batch_size" if isinstance(error, torch.OutOfMemoryError) else error
+        oom = isinstance(error, torch.OutOfMemoryError)
+        print(
+            f"{Path(sys.argv[0]).name}: error: {'out of memory: pass a smaller --batch_size' if oom else error}",
+            file=sys.stderr,
         )
-        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
         sys.exit(2 if isinstance(error, UsageError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -26,10 +26,10 @@ def train_script(name, out, *args):
     return module.train(opt)
 
 
-def read_metrics(run_dir):
-    """metrics.csv as a list of dicts, without `seconds`: the one column that differs between
-    otherwise identical runs."""
-    with open(run_dir / "metrics.csv", newline="") as f:
+def read_metrics(run_dir, name="metrics.csv"):
+    """metrics.csv (or scores.csv) as a list of dicts, without `seconds`: the one column that differs
+    between otherwise identical runs."""
+    with open(run_dir / name, newline="") as f:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
 

@@ -1,11 +1,11 @@
 """Run by test_distributed.py under torchrun: trains the jobs of a JSON file one after the other in
 each process, so that one launch pays torch's import and the group's start once, and writes how each
-job ended in this process to <results>/rank<RANK>.json.
+job ended in this process, with a checksum of its generator's weights, to <results>/rank<RANK>.json.
 
 A job is {"name", "script", "args"} plus, optionally, "resume": the name of an earlier job whose run
-folder to continue, and "poison_rank": the rank whose second batch of the first epoch is all NaN.
-The script "desync" is no script: two processes holding different weights save a checkpoint."""
+folder to continue, and "poison_rank": the rank whose second batch is all NaN."""
 
+import hashlib
 import importlib
 import json
 import os
@@ -15,51 +15,48 @@ from pathlib import Path
 import torch
 
 import common
+import scoring
 
 common.Run.plots_at_finish = False  # two seconds a run, and tested elsewhere (as in conftest.py)
-CLEAN_EPOCH = common.Batches.epoch
+CLEAN_BATCHES, FINISH = common.Batches.__iter__, common.Run.finish
 # --compile: inductor generates C++ on the CPU for minutes; aot_eager traces the same graphs (as in test_scripts.py).
 COMPILE_IN_PLACE = torch.nn.Module.compile
 torch.nn.Module.compile = lambda self, **kwargs: COMPILE_IN_PLACE(self, backend="aot_eager")
 # --fcd: a classifier of 50 steps, not 1,200; test_evaluation.py tests the scores, this the group around them.
-common.train_classifier.__defaults__ = (50, 64)
+scoring.train_classifier.__defaults__ = (50, 64)
+WEIGHTS = {}
 
 
-def poisoned_epoch(rank):
-    def epoch(self, epoch, skip=0):
-        for index, (images, labels) in enumerate(CLEAN_EPOCH(self, epoch, skip), start=skip):
-            poison = (epoch, index) == (0, 1) and common.GROUP.rank == rank
-            yield (images * float("nan") if poison else images), labels
+def poisoned(rank):
+    def batches(self):
+        for images, labels in CLEAN_BATCHES(self):
+            yield (images * float("nan") if self.taken == 2 and common.GROUP.rank == rank else images), labels
 
-    return epoch
+    return batches
 
 
-def desync(out):
-    """Each process saves a checkpoint of a net whose weights differ from the other's."""
-    import dcgan
-
-    opt = dcgan.parse_args(["--out", out])
-    run = common.Run(opt, "dcgan.py")
-    net = torch.nn.Linear(2, 2)
-    torch.nn.init.constant_(net.weight, float(common.GROUP.rank))
-    torch.nn.init.zeros_(net.bias)
-    run.save_checkpoint({"generator": net}, opt, step=7)
+def finish(run, generator, fakes):
+    """Run.finish, noting a checksum of this process's generator weights first."""
+    digest = hashlib.sha256()
+    for tensor in common.unwrap(generator).state_dict().values():
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    WEIGHTS["last"] = digest.hexdigest()
+    return FINISH(run, generator, fakes)
 
 
 def main(jobs_file, results_dir):
     outcome, folders = {}, {}
+    common.Run.finish = finish
     for job in json.loads(Path(jobs_file).read_text()):
         args = list(map(str, job["args"]))
         if "resume" in job:
             args += ["--resume", folders[job["resume"]]]
-        common.Batches.epoch = poisoned_epoch(job["poison_rank"]) if "poison_rank" in job else CLEAN_EPOCH
+        common.Batches.__iter__ = poisoned(job["poison_rank"]) if "poison_rank" in job else CLEAN_BATCHES
         try:
-            if job["script"] == "desync":
-                desync(args[args.index("--out") + 1])
-            else:
-                module = importlib.import_module(job["script"])
-                folders[job["name"]] = str(module.train(module.parse_args(args)).dir)
+            module = importlib.import_module(job["script"])
+            folders[job["name"]] = str(module.train(module.parse_args(args)).dir)
             outcome[job["name"]] = "ok"
+            outcome[job["name"] + ":weights"] = WEIGHTS.pop("last")
         except (common.UsageError, common.Diverged) as error:
             outcome[job["name"]] = f"{type(error).__name__}: {error}"
     Path(results_dir, f"rank{os.environ['RANK']}.json").write_text(json.dumps(outcome, indent=1))

@@ -15,8 +15,7 @@ def run_cli(script, args, out):
     """Parse and train as the script's __main__ block does; returns (exit code, stderr lines)."""
     module = importlib.import_module(script)
     try:
-        with common.friendly_errors():
-            module.train(module.parse_args([*map(str, args), "--out", str(out)]))
+        common.main(module.train, lambda: module.parse_args([*map(str, args), "--out", str(out)]))
     except SystemExit as exit:
         return exit.code
     return 0
@@ -82,15 +81,43 @@ CASES = {
     "unknown data set": ("dcgan", lambda p: ["--dataset", "imagenet"], "--dataset"),
     "zero latent_dim": ("cogan", lambda p: ["--latent_dim", 0], "--latent_dim"),
     "unknown flag": ("dcgan", lambda p: ["--epochs", 3], "--epochs"),
-    "missing data folder": ("dcgan", lambda p: ["--dataset", "folder", "--data_root", p / "nowhere"], "does not exist"),
-    "data_root is a file": ("dcgan", lambda p: ["--dataset", "folder", "--data_root", a_file(p)], "is a file"),
+    "missing data folder": (
+        "dcgan",
+        lambda p: ["--dataset", "folder", "--data_root", p / "nowhere"],
+        "is not a folder",
+    ),
+    "data_root is a file": ("dcgan", lambda p: ["--dataset", "folder", "--data_root", a_file(p)], "is not a folder"),
     "empty data folder": ("dcgan", lambda p: ["--dataset", "folder", "--data_root", p], "no images in"),
-    "folder of text files": ("dcgan", lambda p: ["--dataset", "folder", "--data_root", only_text_files(p)], "no images in"),
-    "truncated image only": ("dcgan", lambda p: ["--dataset", "folder", "--data_root", truncated_png(p)], "could be read"),
-    "zero-byte images only": ("dcgan", lambda p: ["--dataset", "folder", "--data_root", zero_byte_images(p)], "could be read"),
-    "one empty class folder": ("dcgan", lambda p: ["--dataset", "folder", "--data_root", one_empty_class(p)], "class folder"),
-    "cgan on unlabelled data": ("cgan", lambda p: ["--dataset", "folder", "--data_root", flat_folder(p)], "cgan needs labelled data"),
-    "batch larger than the data": ("dcgan", lambda p: ["--dataset", "folder", "--data_root", flat_folder(p), "--batch_size", 64], "--batch_size 64 is larger"),
+    "folder of text files": (
+        "dcgan",
+        lambda p: ["--dataset", "folder", "--data_root", only_text_files(p)],
+        "no images in",
+    ),
+    "truncated image only": (
+        "dcgan",
+        lambda p: ["--dataset", "folder", "--data_root", truncated_png(p)],
+        "could be read",
+    ),
+    "zero-byte images only": (
+        "dcgan",
+        lambda p: ["--dataset", "folder", "--data_root", zero_byte_images(p)],
+        "could be read",
+    ),
+    "one empty class folder": (
+        "dcgan",
+        lambda p: ["--dataset", "folder", "--data_root", one_empty_class(p)],
+        "no images in",
+    ),
+    "cgan on unlabelled data": (
+        "cgan",
+        lambda p: ["--dataset", "folder", "--data_root", flat_folder(p)],
+        "cgan needs labelled data",
+    ),
+    "batch larger than the data": (
+        "dcgan",
+        lambda p: ["--dataset", "folder", "--data_root", flat_folder(p), "--batch_size", 64],
+        "--batch_size 64 x 1 process(es) is over",
+    ),
     "resume path missing": ("dcgan", lambda p: ["--resume", p / "no_run"], "no such checkpoint"),
     "resume of a non-checkpoint": ("dcgan", lambda p: ["--resume", not_a_checkpoint(p)], "not a readable checkpoint"),
     "cgan label without resume": ("cgan", lambda p: ["--label", 3], "--label"),
@@ -98,9 +125,21 @@ CASES = {
     "generate without a checkpoint": ("dcgan", lambda p: ["--generate", 10], "--generate"),
     "fid_interval without a score": ("lsgan", lambda p: ["--fid_interval", 100], "--fid_interval"),
     "zero fid_samples": ("dcgan", lambda p: ["--fid", "--fid_samples", 0], "--fid_samples"),
-    "missing Inception weights file": ("dcgan", lambda p: ["--fid", "--fid_weights", p / "inception.pth"], "--fid_weights"),
-    "Inception weights that are not": ("dcgan", lambda p: ["--fid", "--fid_weights", not_a_checkpoint(p)], "is not pytorch-fid's Inception weights"),
-    "fcd on unlabelled data": ("wgan", lambda p: ["--dataset", "folder", "--data_root", flat_folder(p), "--fcd"], "--fcd needs labelled data"),
+    "missing Inception weights file": (
+        "dcgan",
+        lambda p: ["--fid", "--fid_weights", p / "inception.pth"],
+        "--fid_weights",
+    ),
+    "Inception weights that are not": (
+        "dcgan",
+        lambda p: ["--fid", "--fid_weights", not_a_checkpoint(p)],
+        "is not pytorch-fid's Inception weights",
+    ),
+    "fcd on unlabelled data": (
+        "wgan",
+        lambda p: ["--dataset", "folder", "--data_root", flat_folder(p), "--fcd"],
+        "--fcd needs labelled data",
+    ),
     "unavailable device": ("dcgan", lambda p: ["--device", "cuda:7"], "--device"),
     "not a device": ("dcgan", lambda p: ["--device", "gpu"], "--device"),
 }
@@ -123,4 +162,4 @@ def test_resume_of_another_script_or_size_is_refused(tmp_path, capsys):
     assert run_cli("wgan", ["--resume", run_dir], tmp_path / "runs") == 2
     assert "written by dcgan.py, not wgan.py" in capsys.readouterr().err
     assert run_cli("dcgan", ["--resume", run_dir, "--img_size", 32], tmp_path / "runs") == 2
-    assert "img_size=16 but this run asks for 32" in capsys.readouterr().err
+    assert "the checkpoint has img_size=16" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """common.py on data the tests make: folders, image modes, bad files, MNIST files, batching, checkpoints."""
 
-import argparse
 import gzip
+import itertools
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,10 @@ from PIL import Image
 
 import common
 import dcgan
-from conftest import write_images
+from conftest import train_script, write_images
+
+CPU = torch.device("cpu")
+TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
 
 
 def load_folder(path, img_size=8, channels=3):
@@ -82,11 +86,14 @@ def test_corrupt_files_keep_labels_aligned(tmp_path):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda p: p / "missing", "does not exist"),
-        (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "is a file, not a folder"),
+        (lambda p: p / "missing", "is not a folder"),
+        (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "is not a folder"),
         (lambda p: p, "no images in"),
         (lambda p: (p / "notes.txt").write_text("x") and p, "no images in"),
-        (lambda p: (write_images(p / "good", 2), (p / "empty").mkdir()) and p, "class folder"),
+        (
+            lambda p: (write_images(p / "good", 2), (p / "empty").mkdir()) and p,
+            r"empty \(any nesting.*add some or remove it",
+        ),
         (lambda p: (p / "bad.png").write_bytes(b"nope") and p, "could be read"),
     ],
     ids=["missing", "file", "empty", "no-images", "empty-class", "all-unreadable"],
@@ -127,41 +134,63 @@ def test_torchvision_data_offline_is_a_clear_error(tmp_path, monkeypatch):
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
 
     monkeypatch.setattr(datasets.CIFAR10, "__init__", offline)
-    with pytest.raises(common.UsageError, match=r"could not load or download CIFAR10 into .*offline"):
+    with pytest.raises(common.UsageError, match=r"could not load or download cifar10 into .*offline"):
         common.load_images("cifar10", tmp_path, 32, 3)
 
 
 # ----------------------------------------------------------------------------------------------
 # Batches
 # ----------------------------------------------------------------------------------------------
-def test_batches_are_reproducible_and_resumable():
+def take(batches, n):
+    return list(itertools.islice(iter(batches), n))
+
+
+def test_batches_are_endless_reproducible_and_resumable():
     data = common.load_images("digits", "unused", 8, 1)
-    batches = common.Batches(data, 100, torch.device("cpu"), seed=3)
-    epoch = list(batches.epoch(2))
-    assert len(epoch) == len(batches) == 17  # the incomplete last batch is dropped
-    images, labels = epoch[0]
-    assert images.dtype == torch.float32 and images.min() >= -1 and images.max() <= 1
-    assert torch.equal(images, list(batches.epoch(2))[0][0])  # same seed and epoch, same order
-    assert not torch.equal(images, list(batches.epoch(3))[0][0])
-    later = list(batches.epoch(2, skip=5))
-    assert len(later) == 12 and torch.equal(later[0][1], epoch[5][1])
+    batches = common.Batches(data, 100, CPU, seed=3)
+    assert len(batches) == 17  # batches per epoch: the incomplete last one is dropped
+    first = take(batches, 40)  # more than two epochs: the stream never ends
+    images, labels = first[0]
+    assert images.dtype == torch.float32 and images.min() >= -1 and images.max() <= 1 and labels.shape == (100,)
+    assert torch.equal(images, take(common.Batches(data, 100, CPU, seed=3), 1)[0][0])  # same seed, same order
+    assert not torch.equal(first[0][1], first[17][1])  # the next epoch is shuffled anew
+    assert batches.state_dict() == {"taken": 40}
+    resumed = common.Batches(data, 100, CPU, seed=3)
+    resumed.load_state_dict({"taken": 22})
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(take(resumed, 5), first[22:27], strict=True))
 
 
 def test_streaming_gives_the_same_batches_as_memory(tmp_path, monkeypatch):
     write_images(tmp_path / "a", 6)
     write_images(tmp_path / "b", 6, start=6)
-    in_memory = common.Batches(load_folder(tmp_path), 4, torch.device("cpu"), seed=1)
+    in_memory = common.Batches(load_folder(tmp_path), 4, CPU, seed=1)
     monkeypatch.setattr(common, "IN_MEMORY_LIMIT", 0)
     streamed_data = load_folder(tmp_path)
     assert streamed_data.images is None
-    streamed = common.Batches(streamed_data, 4, torch.device("cpu"), seed=1, n_workers=0)
-    for (x1, y1), (x2, y2) in zip(in_memory.epoch(1, skip=1), streamed.epoch(1, skip=1), strict=True):
+    streamed = common.Batches(streamed_data, 4, CPU, seed=1, n_workers=0)
+    for (x1, y1), (x2, y2) in zip(take(in_memory, 7), take(streamed, 7), strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
+def test_an_unreadable_streamed_file_is_replaced_with_a_warning(tmp_path, monkeypatch, capsys):
+    write_images(tmp_path, 8)
+    monkeypatch.setattr(common, "IN_MEMORY_LIMIT", 0)
+    data = load_folder(tmp_path)
+    data.files[3].write_bytes(b"broken")
+    assert all(images.isfinite().all() for images, _ in take(common.Batches(data, 8, CPU, seed=0), 2))
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_a_decompression_bomb_is_skipped_and_counted(tmp_path, capsys):
+    write_images(tmp_path, 2)
+    Image.new("L", (20000, 10000)).save(tmp_path / "huge.png")  # 200 megapixels, a few hundred kB as PNG
+    data = load_folder(tmp_path)
+    assert len(data) == 2 and "skipped 1 unreadable image file(s) of 3" in capsys.readouterr().err
+
+
 def test_batch_larger_than_data_is_refused(tmp_path):
-    with pytest.raises(common.UsageError, match="--batch_size 8 is larger than the 3 images"):
-        common.Batches(load_folder(write_images(tmp_path, 3)), 8, torch.device("cpu"), seed=0)
+    with pytest.raises(common.UsageError, match="--batch_size 8 x 1 process.es. is over the 3 images"):
+        common.Batches(load_folder(write_images(tmp_path, 3)), 8, CPU, seed=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,9 +201,9 @@ def test_batch_larger_than_data_is_refused(tmp_path):
     [
         (["--batch_size", "0"], "--batch_size: 0 is out of range"),
         (["--batch_size", "-3"], "--batch_size: -3 is out of range"),
-        (["--n_epochs", "x"], "'x' is not an integer"),
+        (["--n_epochs", "x"], "--n_epochs: invalid int value: 'x'"),
         (["--lr", "0"], "--lr: 0 is out of range"),
-        (["--lr", "nan"], "--lr: nan is not a finite number"),
+        (["--lr", "nan"], "--lr: nan is out of range"),
         (["--b1", "1"], "--b1: 1 is out of range"),
         (["--img_size", "30"], "--img_size: 30 cannot be made by doubling"),
         (["--img_size", "8"], "--img_size: 8 cannot be made"),
@@ -199,51 +228,90 @@ def test_dataset_defaults_and_explicit_flags():
 
 
 def test_unavailable_device_is_a_clear_error():
-    if not torch.cuda.is_available():
-        with pytest.raises(common.UsageError, match="no CUDA GPU"):
-            common.get_device("cuda")
-    assert common.get_device("cpu") == torch.device("cpu")
+    with pytest.raises(common.UsageError, match=r"--device cuda:7: PyTorch sees \d+ cuda device"):
+        common.get_device("cuda:7")
+    assert common.get_device("cpu") == CPU
 
 
-def make_run(tmp_path, **overrides):
-    opt = argparse.Namespace(out=str(tmp_path), dataset="digits", resume=None, img_size=16, channels=1, latent_dim=4, batch_size=8)
-    vars(opt).update(overrides)
-    return common.Run(opt, "dcgan.py"), opt
+def make_run(out, *args):
+    opt = dcgan.parse_args(["--out", out, "--img_size", 16, *args])
+    opt.n_iters = 10
+    return common.Run(opt, "dcgan.py", None, CPU), opt
 
 
-def test_checkpoint_is_atomic_keeps_previous_and_restores(tmp_path):
+def test_checkpoint_replaces_whole_keeps_previous_and_restores(tmp_path):
     run, opt = make_run(tmp_path)
     net = torch.nn.Linear(2, 2)
-    run.save_checkpoint({"generator": net}, opt, step=1, epoch=0, batch=1)
-    run.save_checkpoint({"generator": net}, opt, step=2, epoch=0, batch=2)
-    assert torch.load(run.dir / "checkpoint.prev.pt", weights_only=False)["step"] == 1
+    run.save_checkpoint(1, {"generator": net})
+    run.save_checkpoint(2, {"generator": net})
+    assert torch.load(run.dir / "checkpoint.prev.pt", weights_only=True)["step"] == 1
     assert not list(run.dir.glob("*.tmp"))
+    run.unlock()
+    opt.resume, fresh = str(run.dir), torch.nn.Linear(2, 2)
+    assert common.Run(opt, "dcgan.py", None, CPU).restore({"generator": fresh}) == 2
+    assert torch.equal(fresh.weight, net.weight)
 
-    opt.resume = str(run.dir)
-    fresh = torch.nn.Linear(2, 2)
-    checkpoint = common.Run(opt, "dcgan.py").restore({"generator": fresh})
-    assert checkpoint["step"] == 2 and torch.equal(fresh.weight, net.weight)
+
+def test_a_kill_between_the_renames_of_a_save_still_resumes(tmp_path, monkeypatch):
+    run, opt = make_run(tmp_path)
+    run.save_checkpoint(1, {})
+
+    def killed(*args):
+        raise KeyboardInterrupt  # the second Ctrl-C, after the hard link and before the new file's rename
+
+    monkeypatch.setattr(common.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.save_checkpoint(2, {})
+    assert common.load_checkpoint(run.dir)["step"] == 1
+    (run.dir / "checkpoint.pt").unlink()  # the old save's gap: only checkpoint.prev.pt left
+    assert common.load_checkpoint(run.dir)["step"] == 1
 
 
 def test_corrupt_checkpoint_points_to_previous(tmp_path):
-    run, opt = make_run(tmp_path)
-    run.save_checkpoint({}, opt, step=1, epoch=0, batch=1)
-    run.save_checkpoint({}, opt, step=2, epoch=0, batch=2)
+    run, _ = make_run(tmp_path)
+    run.save_checkpoint(1, {})
+    run.save_checkpoint(2, {})
     run.checkpoint_path.write_bytes(run.checkpoint_path.read_bytes()[:100])
     with pytest.raises(common.UsageError, match="not a readable checkpoint.*checkpoint.prev.pt may still be good"):
         common.load_checkpoint(run.dir)
 
 
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused_and_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    torch.save(
+        {"format": common.CHECKPOINT_FORMAT, "step": 1, "args": {}, "payload": RunsCode(marker)}, tmp_path / "evil.pt"
+    )
+    with pytest.raises(SystemExit) as exit:
+        dcgan.parse_args(["--resume", tmp_path / "evil.pt"])
+    assert exit.value.code == 2 and "holds Python objects, never unpickled" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_checkpoint_from_before_is_one_line(tmp_path):
+    torch.save({"step": 3, "args": {}, "generator": {}}, tmp_path / "old.pt")
+    with pytest.raises(common.UsageError, match="not written by this version of the scripts"):
+        common.load_checkpoint(tmp_path / "old.pt")
+
+
 def test_resume_mismatch_is_refused(tmp_path):
     run, opt = make_run(tmp_path)
-    run.save_checkpoint({}, opt, step=1, epoch=0, batch=1)
+    run.save_checkpoint(1, {})
+    run.unlock()
     config = (run.dir / "config.json").read_text()
     opt.resume, opt.img_size = str(run.dir), 32
-    with pytest.raises(common.UsageError, match="img_size=16 but this run asks for 32"):
-        common.Run(opt, "dcgan.py")
+    with pytest.raises(common.UsageError, match="the checkpoint has img_size=16"):
+        common.Run(opt, "dcgan.py", None, CPU)
     opt.img_size = 16
     with pytest.raises(common.UsageError, match="written by dcgan.py, not wgan.py"):
-        common.Run(opt, "wgan.py")
+        common.Run(opt, "wgan.py", None, CPU)
     assert (run.dir / "config.json").read_text() == config  # a refused resume writes nothing
 
 
@@ -254,12 +322,42 @@ def test_resume_of_a_non_checkpoint_exits_2(tmp_path, capsys):
     assert exit.value.code == 2 and "is not a readable checkpoint" in capsys.readouterr().err
 
 
-def test_metrics_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
-    run, _ = make_run(tmp_path)
-    for step in range(1, 6):
-        run.log(step=step, epoch=1, loss=float(step), seconds=0.0)
-    run.resume_metrics(3)
-    assert run.metrics_path.read_text().splitlines() == ["step,epoch,loss,seconds", "1,1,1,0", "2,1,2,0", "3,1,3,0"]
+def test_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    run = train_script("dcgan", tmp_path, *TINY, "--n_iters", 3)
+    lines = (run.dir / "metrics.csv").read_text().splitlines()
+    with open(run.dir / "metrics.csv", "a") as f:
+        f.write(lines[-1].replace("3,", "4,", 1) + "\n")  # written after the checkpoint, by a run killed then
+    (run.dir / "scores.csv").write_text("step,fcd,seconds\n3,1.5,0.1\n4,1.2,0.2\n")
+    train_script("dcgan", tmp_path, "--resume", run.dir, "--n_iters", 3)  # at its last step: trains nothing
+    assert (run.dir / "metrics.csv").read_text().splitlines() == lines
+    assert (run.dir / "scores.csv").read_text() == "step,fcd,seconds\n3,1.5,0.1\n"
+
+
+def test_two_runs_started_at_once_get_two_folders(tmp_path):
+    assert common._new_folder(tmp_path, "dcgan_digits") != common._new_folder(tmp_path, "dcgan_digits")
+
+
+def test_a_second_training_of_a_live_run_is_refused(tmp_path):
+    run, opt = make_run(tmp_path)
+    run.save_checkpoint(1, {})
+    opt.resume = str(run.dir)
+    with pytest.raises(common.UsageError, match="is being trained by another process"):
+        common.Run(opt, "dcgan.py", None, CPU)
+    run.unlock()  # the first run ends (or is killed: the kernel drops its lock)
+    common.Run(opt, "dcgan.py", None, CPU).unlock()
+
+
+def test_a_full_disk_while_writing_metrics_is_one_line(tmp_path, monkeypatch):
+    real_open = open
+
+    def full(path, mode="r", *args, **kwargs):
+        if str(path).endswith("metrics.csv") and "a" in mode:
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full)
+    with pytest.raises(common.UsageError, match=r"could not write .*metrics.csv \(No space left on device\): free"):
+        train_script("dcgan", tmp_path, *TINY, "--n_iters", 2)
 
 
 def test_unwritable_out_folder_is_a_clear_error(tmp_path):
@@ -270,13 +368,22 @@ def test_unwritable_out_folder_is_a_clear_error(tmp_path):
 
 
 def test_a_script_can_adjust_its_dataset_defaults():
-    parser = common.ArgumentParser(dataset_defaults={"digits": {"n_epochs": 90}})
+    parser = common.ArgumentParser(dataset_defaults={"digits": {"n_iters": 90}})
     parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--n_iters", type=int)
     parser.add_argument("--n_epochs", type=int)
     parser.add_argument("--img_size", type=int)
-    assert parser.parse_args([]).n_epochs == 90 and parser.parse_args([]).img_size == 32
-    assert parser.parse_args(["--dataset", "mnist"]).n_epochs == common.DATASET_DEFAULTS["mnist"]["n_epochs"]
-    assert parser.parse_args(["--n_epochs", "3"]).n_epochs == 3
+    common.add_run_args(parser)
+    assert parser.parse_args([]).n_iters == 90 and parser.parse_args([]).img_size == 32
+    assert parser.parse_args(["--dataset", "mnist"]).img_size == common.DATASETS["mnist"]["img_size"]
+    assert parser.parse_args(["--n_iters", "3"]).n_iters == 3
+    assert parser.parse_args(["--n_epochs", "2"]).n_iters is None  # the script converts the passes into steps
+    assert parser.parse_args(["--n_epochs", "2", "--n_iters", "5"]).n_iters == 5  # --n_iters wins
+
+
+def test_n_epochs_converts_to_generator_steps(tmp_path):
+    run = train_script("dcgan", tmp_path, *TINY, "--batch_size", 600, "--n_epochs", 2)
+    assert run.step == 2 * (1797 // 600)
 
 
 def test_big_folders_decode_in_workers(tmp_path, monkeypatch):

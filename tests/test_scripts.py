@@ -59,7 +59,9 @@ def test_resume_continues_exactly(script, tmp_path):
 def test_command_line(script, tmp_path):
     """The script runs as a program: training, and a bad flag answered in one line with exit code 2."""
     args = [sys.executable, str(ROOT / f"{script}.py"), *map(str, TINY + SCRIPTS[script])]
-    done = subprocess.run(args + ["--n_iters", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=SCRIPT_ENV)
+    done = subprocess.run(
+        args + ["--n_iters", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=SCRIPT_ENV
+    )
     assert done.returncode == 0, done.stderr
     assert "done: 1 generator steps" in done.stdout
 
