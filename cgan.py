@@ -7,62 +7,60 @@ Objective: both nets see the class label y, with the generator's non-saturating 
     max_G  E_(z,y)[log D(G(z|y)|y)]               z ~ N(0, I), y ~ uniform, D(.) = sigmoid(logit)
 
 Changes from dcgan.py: the label enters G as a learned embedding concatenated to z, and D as a
-learned embedding projected to one extra image-sized input channel, so both nets see it from their
-first layer on. Fakes are made for random labels. Sample grids have one row per class, the columns
-sharing their noise, and --label draws one class from a trained run. Needs labelled data: digits,
-mnist, fashion, cifar10, or a folder with one sub-folder per class.
+learned embedding shaped as one more image channel, so both nets see it from their first layer on.
+Fakes are made for random labels. Grids have a row per class, the columns sharing their noise, and
+--label draws one class from a trained run, both in evaluation mode: the image of a (z, y) is the
+same in either. Needs labels: digits, mnist, fashion, cifar10, or a folder of class sub-folders.
 
 Run:
     python cgan.py                                                   # scikit-learn digits, CPU minutes
     python cgan.py --dataset mnist --data_root data                  # downloads MNIST into data/
     python cgan.py --dataset folder --data_root lego/ --img_size 64  # lego/<class>/*.jpg
     python cgan.py --resume runs/cgan_digits_20260101-120000        # continue a run
-    torchrun --standalone --nproc_per_node=4 cgan.py                # 4 GPUs of one machine; see the README
+    torchrun --standalone --nproc_per_node=4 cgan.py                # 4 GPUs of one machine
     python cgan.py --resume runs/cgan_digits_20260101-120000 --label 7   # a grid of 7s, no training
 """
 
 import argparse
-import os
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import common
 
+# Generator steps per data set (--n_iters): about 80 passes over the digits, 20 over MNIST.
+DATASET_DEFAULTS = {
+    "digits": dict(n_iters=2240),
+    "mnist": dict(n_iters=18750),
+    "fashion": dict(n_iters=18750),
+    "cifar10": dict(n_iters=23400),
+    "anime": dict(n_iters=8000),
+    "folder": dict(n_iters=8000),
+}
+
 
 def parse_args(argv=None):
-    parser = common.ArgumentParser(description="Train a conditional GAN (Mirza & Osindero 2014).")
-    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images: digits (bundled with scikit-learn), mnist, fashion, cifar10, anime (<data_root>/anime) or folder (--data_root itself)")
-    parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself (class sub-folders become labels)")
-    parser.add_argument("--img_size", type=image_size, help="height and width of the images: 4..7 times a power of two, at least 16 (default: 32, or 64 for anime and folder)")
-    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 for grey, 3 for RGB; images are converted (default: 1 for digits, mnist, fashion, else 3)")
-    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data (default: per data set, 80 for digits)")
-    parser.add_argument("--n_iters", type=common.positive_int, help="stop after this many generator steps (default: no limit)")
+    parser = common.ArgumentParser(
+        description="Train a conditional GAN (Mirza & Osindero 2014).", dataset_defaults=DATASET_DEFAULTS
+    )
+    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images, labelled")
+    parser.add_argument("--data_root", default="data", help="where data sets are kept; folder: one sub-folder a class")
+    parser.add_argument("--img_size", type=image_size, help="image height and width (default: per data set)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 grey, 3 RGB (default: per data set)")
+    parser.add_argument("--n_iters", type=common.positive_int, help="generator steps (default: per data set)")
+    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data; --n_iters wins")
     parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
-    parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate of both nets (paper: 0.0002)")
-    parser.add_argument("--b1", type=common.adam_beta, default=0.5, help="Adam beta1 (paper: 0.5, for stability)")
+    parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (paper: 2e-4)")
+    parser.add_argument("--b1", type=common.adam_beta, default=0.5, help="Adam beta1 (paper: 0.5)")
     parser.add_argument("--b2", type=common.adam_beta, default=0.999, help="Adam beta2")
-    parser.add_argument("--n_critic", type=common.positive_int, default=1, help="discriminator steps per generator step")
-    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
-    parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
-    parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in D's first layer; doubles per layer")
-    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast where the device supports it, else float16 with loss scaling (CUDA GPUs; slower on most CPUs)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA GPUs: faster steps after a compile of a minute or so)")
-    parser.add_argument("--nan_policy", choices=("stop", "skip"), default="stop", help=f"on a NaN or infinite loss: stop, keeping the last good checkpoint, or skip that update and go on; {common.MAX_SKIPPED_IN_A_ROW} skipped updates without a finite step in between stop the run")
-    parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
-    parser.add_argument("--out", default="runs", help="folder that receives the run folder")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
-    parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/cuBLAS kernels for reproducible GPU runs (slower); CPU runs with the same --seed are reproducible anyway")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--sync_bn", action="store_true", help="under torchrun: BatchNorm normalises with the statistics of all processes' batches together (SyncBatchNorm, CUDA GPUs only), as one big batch would; slower")
-    parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
-    parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
-    parser.add_argument("--label", type=common.nonnegative_int, help="with --resume: save a grid of this class (0 = first class) from the checkpoint and exit without training")
-    common.add_evaluation_args(parser)
+    parser.add_argument("--n_critic", type=common.positive_int, default=1, help="D steps per G step")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (paper: 100)")
+    parser.add_argument("--ngf", type=common.positive_int, default=64, help="G's width at its last hidden layer")
+    parser.add_argument("--ndf", type=common.positive_int, default=64, help="D's width at its first layer")
+    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between grids")
+    parser.add_argument("--label", type=common.nonnegative_int, help="with --resume: draw a grid of this class, exit")
+    common.add_run_args(parser)
     opt = parser.parse_args(argv)
     if opt.label is not None and not opt.resume:
         parser.error("--label draws from a trained generator: pass --resume RUN_FOLDER with it")
@@ -72,9 +70,6 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------
-COLUMNS = 8  # noise vectors per class in the sample grids
-
-
 def conv_plan(img_size):
     """G grows a base x base map by doubling it n times (D shrinks it back); 4 <= base <= 7."""
     base, doublings = img_size, 0
@@ -88,25 +83,25 @@ def image_size(text):
     size = common.positive_int(text)
     base, doublings = conv_plan(size)
     if not (4 <= base <= 7 and doublings >= 2):
-        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, at least 16 (e.g. 28, 32, 64, 96, 128)")
+        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, >= 16")
     return size
 
 
 class Generator(nn.Module):
-    """(z, y) -> image: z concatenated with y's embedding is lifted to a base x base map, then each
-    stride-2 transposed convolution doubles the size and halves the width; BatchNorm + ReLU between,
-    Tanh at the output."""
+    """(z, y) -> image: z and y's embedding, concatenated, are lifted to a base x base map, then as in
+    dcgan.py each stride-2 transposed convolution doubles the size; BatchNorm + ReLU between, Tanh last."""
 
     def __init__(self, latent_dim, n_classes, channels, img_size, ngf):
         super().__init__()
         base, doublings = conv_plan(img_size)
         width = ngf * 2 ** (doublings - 1)
-        # n_classes dimensions: as expressive as a one-hot code, and learned.
-        self.label_embedding = nn.Embedding(n_classes, n_classes)
+        self.label_embedding = nn.Embedding(n_classes, n_classes)  # as expressive as a one-hot code, and learned
         # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
-        layers = [nn.ConvTranspose2d(latent_dim + n_classes, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        layers = [nn.ConvTranspose2d(latent_dim + n_classes, width, base, 1, 0, bias=False), nn.BatchNorm2d(width)]
+        layers += [nn.ReLU(True)]
         for _ in range(doublings - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2)]
+            layers += [nn.ReLU(True)]
             width //= 2
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # no BatchNorm at the output
         self.net = nn.Sequential(*layers)
@@ -116,20 +111,19 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """(image, y) -> logit: y's embedding, shaped as one more image channel, joins the input; then
-    stride-2 convolutions halve the size and double the width, LeakyReLU(0.2), BatchNorm on every
-    layer but the first, and a base x base convolution to one number."""
+    """(image, y) -> logit: y's embedding, shaped as one more image channel, joins the input; then as in
+    dcgan.py stride-2 convolutions, LeakyReLU(0.2), BatchNorm but at the input, a convolution to one number."""
 
     def __init__(self, n_classes, channels, img_size, ndf):
         super().__init__()
         base, doublings = conv_plan(img_size)
         self.img_size = img_size
-        # A label map at full resolution lets the first convolution relate y to every pixel.
-        self.label_embedding = nn.Embedding(n_classes, img_size * img_size)
+        self.label_embedding = nn.Embedding(n_classes, img_size * img_size)  # lets the first layer relate y to pixels
         layers = [nn.Conv2d(channels + 1, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
         width = ndf
         for _ in range(doublings - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2)]
+            layers += [nn.LeakyReLU(0.2, True)]
             width *= 2
         # A logit, not a probability: the loss applies the sigmoid in a numerically stable way.
         layers += [nn.Conv2d(width, 1, base, 1, 0)]
@@ -152,7 +146,7 @@ def init_weights(module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss
+# Losses
 # ----------------------------------------------------------------------------------------------
 def discriminator_loss(real_logits, fake_logits):
     """-E[log D(x|y)] - E[log(1 - D(G(z|y)|y))]: binary cross-entropy with real = 1, fake = 0."""
@@ -171,155 +165,93 @@ def generator_loss(fake_logits):
 # Training
 # ----------------------------------------------------------------------------------------------
 def train(opt):
-    common.seed_everything(opt.seed, opt.deterministic)
-    device = common.get_device(opt.device)
-    # Distributed (torchrun): join the other processes, one per GPU, each with its own seed; a plain run goes on as it was.
-    device = common.init_distributed(opt, device)
+    device = common.setup(opt)  # seeded; under torchrun, one process per GPU
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     if data.labels is None:
-        source = f"{opt.data_root} has no class sub-folders" if opt.dataset == "folder" else f"{opt.dataset} has no labels"
-        raise common.UsageError(f"--dataset {opt.dataset}: {source}; cgan needs labelled data: put each class's images in its own sub-folder of --data_root, or use digits, mnist, fashion or cifar10")
+        what = f"{opt.data_root} has no class sub-folders" if opt.dataset == "folder" else "it has no labels"
+        raise common.UsageError(f"--dataset {opt.dataset}: {what}; cgan needs labelled data, a sub-folder per class")
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
-    evaluator = common.Evaluator(opt, data, device)  # --fid/--fcd nets load now: a missing download fails before training
-    run = common.Run(opt, __file__)
+    opt.n_iters = opt.n_iters or opt.n_epochs * len(batches) // opt.n_critic  # --n_epochs as generator steps
+    run = common.Run(opt, __file__, data, device)
 
     generator = Generator(opt.latent_dim, data.n_classes, opt.channels, opt.img_size, opt.ngf).to(device)
     discriminator = Discriminator(data.n_classes, opt.channels, opt.img_size, opt.ndf).to(device)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
-    # Distributed (torchrun): every process starts from rank 0's weights and steps with the gradients averaged over all.
-    generator, discriminator = common.distribute(opt, generator, discriminator)
-    if opt.compile:  # in place: the state_dict keys, and so the checkpoints, stay the same
-        generator.compile()
-        discriminator.compile()
-    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
-    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
+    generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
+    optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
-    precision = common.Precision(opt.amp, device)
-    scaler_D, scaler_G = precision.scaler(), precision.scaler()
-    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D, scaler_D=scaler_D, scaler_G=scaler_G)
+    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)
+    scaling = opt.amp and autocast.fast_dtype == torch.float16
+    scaler_D, scaler_G = (
+        torch.amp.GradScaler(device.type, enabled=scaling),
+        torch.amp.GradScaler(device.type, enabled=scaling),
+    )
+    fixed_z = torch.randn(64, opt.latent_dim, device=device)  # the same z for every grid: how G(z|y) evolves
+    state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
+    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z)
+    start = run.restore(state)
 
-    # The same noise for every sample grid, so the grids show how G(z|y) evolves for fixed z.
-    fixed_z = torch.randn(64, opt.latent_dim, device=device)
-    # d_steps runs on across epochs: the D steps of one generator step may straddle an epoch's end.
-    step, epoch, batch, d_steps, seconds = 0, 0, 0, 0, 0.0
-    if opt.resume:
-        checkpoint = run.restore(saved)
-        step, epoch, batch, d_steps, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"], checkpoint["seconds"]
-        fixed_z = checkpoint["fixed_z"].to(device)
-    if opt.label is not None:
-        return save_label_grid(run, generator, fixed_z, opt.label, data, step)
-
-    def save_samples():
-        # One row per class, one column per noise vector: a row shows a label, a column a style.
-        z = fixed_z[:COLUMNS].repeat(data.n_classes, 1)
-        labels = torch.arange(data.n_classes, device=device).repeat_interleave(COLUMNS)
-        # Sampled in training mode, with the batch's own BatchNorm statistics, as during training.
-        with torch.no_grad():
-            run.save_samples(generator(z, labels), step, nrow=COLUMNS)
-
-    def save_checkpoint():
-        run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
-
-    def generate(n, rng):
-        """n fakes from noise drawn from `rng`, for --fid/--fcd and --save_fakes: (images, labels or None)."""
-        labels = torch.arange(n, device=device) % data.n_classes  # every class in turn
+    def fakes(generator, n, rng):
+        """n fakes of `generator` from noise drawn from `rng`, every class in turn: (images, labels)."""
+        labels = torch.arange(n, device=device) % data.n_classes
         return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng), labels), labels
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
-        print(f"wrote {opt.generate} fakes into {evaluator.save_fakes(generate, opt.generate, run.dir / 'fakes')}")
+        return run.scorer.write_fakes(run, generator, fakes, opt.generate)
+    if opt.label is not None:  # --resume RUN --label N: only draw class N for every fixed z from the checkpoint
+        if opt.label >= data.n_classes:
+            classes = f"{data.n_classes} classes, 0..{data.n_classes - 1} ({', '.join(data.classes)})"
+            raise common.UsageError(f"--label {opt.label}: {data.name} has {classes}")
+        with common.evaluating(generator) as net:  # running statistics: an image depends on its (z, y) alone
+            images = net(fixed_z, torch.full((len(fixed_z),), opt.label, device=device))
+        path = run.save_grid(images, f"label{opt.label}_{start:07d}.png")
+        print(f"class {opt.label} ({data.classes[opt.label]}) at step {start}: {path}")
         return run
 
-    print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
-    n_iters = opt.n_iters or float("inf")
-    start = time.perf_counter() - seconds
-    with common.GracefulInterrupt() as interrupt:
-        while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
-            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True, disable=not common.is_main())
-            for real, labels in progress:
-                batch += 1
-                # ---------------------
-                #  Train Discriminator
-                # ---------------------
-                with precision.autocast():
-                    z = torch.randn(real.size(0), opt.latent_dim, device=device)
-                    fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
-                    with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
-                        fake = generator(z, fake_labels)
-                    real_logits, fake_logits = discriminator(real, labels), discriminator(fake, fake_labels)
-                    loss_D = discriminator_loss(real_logits, fake_logits)
-                optimizer_D.zero_grad(set_to_none=True)
-                scaler_D.scale(loss_D).backward()
-                if run.accepts(loss_D):  # under --nan_policy skip a NaN/Inf loss changes no weight
-                    scaler_D.step(optimizer_D)
-                    scaler_D.update()
-                d_steps += 1
-                if d_steps % opt.n_critic:
-                    continue
+    size = f"{opt.img_size}x{opt.img_size}x{opt.channels}"
+    print(f"{len(data)} {data.name} images at {size} on {device}; run folder {run.dir}")
+    real_batches = iter(batches)
+    grid = fixed_z[:8].repeat(data.n_classes, 1), torch.arange(data.n_classes, device=device).repeat_interleave(8)
+    for step in run.progress(start):
+        # ---------------------
+        #  Train Discriminator
+        # ---------------------
+        for _ in range(opt.n_critic):
+            real, labels = next(real_batches)
+            z = torch.randn(real.size(0), opt.latent_dim, device=device)
+            fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
+            with autocast:
+                with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
+                    fake = generator(z, fake_labels)
+                real_logits, fake_logits = discriminator(real, labels), discriminator(fake, fake_labels)
+                loss_D = discriminator_loss(real_logits, fake_logits)
+            optimizer_D.zero_grad(set_to_none=True)
+            scaler_D.scale(loss_D).backward()
+            scaler_D.step(optimizer_D)
+            scaler_D.update()
 
-                # -----------------
-                #  Train Generator
-                # -----------------
-                with precision.autocast():
-                    z = torch.randn(real.size(0), opt.latent_dim, device=device)
-                    fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
-                    loss_G = generator_loss(discriminator(generator(z, fake_labels), fake_labels))
-                optimizer_G.zero_grad(set_to_none=True)
-                scaler_G.scale(loss_G).backward()
-                if run.accepts(loss_G):
-                    scaler_G.step(optimizer_G)
-                    scaler_G.update()
-                step += 1
+        # -----------------
+        #  Train Generator
+        # -----------------
+        z = torch.randn(real.size(0), opt.latent_dim, device=device)
+        fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
+        with autocast, common.frozen(discriminator) as frozen_D:  # only G's weights need gradients here
+            loss_G = generator_loss(frozen_D(generator(z, fake_labels), fake_labels))
+        optimizer_G.zero_grad(set_to_none=True)
+        scaler_G.scale(loss_G).backward()
+        scaler_G.step(optimizer_G)
+        scaler_G.update()
 
-                # ---------------------
-                #  Log, sample, stop
-                # ---------------------
-                seconds = time.perf_counter() - start
-                values = torch.stack([loss_D, loss_G, real_logits.sigmoid().mean(), fake_logits.sigmoid().mean()]).tolist()
-                metrics = dict(zip(("loss_D", "loss_G", "D_x", "D_G_z"), values))
-                run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
-                progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
-                if step % opt.sample_interval == 0:
-                    save_samples()
-                if opt.fid_interval and step % opt.fid_interval == 0:
-                    run.log_eval(step, evaluator.score(generate, step))
-                if step % opt.checkpoint_interval == 0:
-                    save_checkpoint()
-                if step >= n_iters or interrupt.requested:
-                    break
-            progress.close()
-            if batch == len(batches):  # a whole epoch: summarise it and start the next from its first batch
-                tqdm.write(f"epoch {epoch + 1}/{opt.n_epochs}  step {step}  {run.epoch_summary()}  {seconds:.0f}s")
-                epoch, batch = epoch + 1, 0
-            save_checkpoint()
-
-    if step % opt.sample_interval:
-        save_samples()
-    if interrupt.requested:
-        print(f"stopped at step {step}; continue with: {run.resume_command}")
-        raise KeyboardInterrupt
-    if evaluator:
-        run.log_eval(step, evaluator.score(generate, step))
-    if opt.save_fakes:
-        evaluator.save_fakes(generate, opt.save_fakes, run.dir / "fakes")
-    run.finish(step, seconds)
-    print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
-    return run
-
-
-def save_label_grid(run, generator, fixed_z, label, data, step):
-    """--label: a grid of class `label` from the fixed noise, saved next to the run's samples."""
-    if label >= data.n_classes:
-        raise common.UsageError(f"--label {label}: {data.name} has {data.n_classes} classes, 0..{data.n_classes - 1} ({', '.join(data.classes)})")
-    labels = torch.full((len(fixed_z),), label, device=fixed_z.device)
-    with torch.no_grad():
-        images = generator(fixed_z, labels)
-    path = run.dir / "samples" / f"label{label}_{step:07d}.png"
-    common.save_grid(images, path)
-    print(f"class {label} ({data.classes[label]}) at step {step}: {path}")
-    return run
+        run.log(
+            step, loss_D=loss_D, loss_G=loss_G, D_x=real_logits.sigmoid().mean(), D_G_z=fake_logits.sigmoid().mean()
+        )
+        run.sample(step, generator, *grid)  # row k is class k, column j the same noise fixed_z[j]
+        run.score(step, generator, fakes)
+        run.checkpoint(step, state)
+    return run.finish(generator, fakes)
 
 
 if __name__ == "__main__":
-    with common.friendly_errors():
-        train(parse_args())
+    common.main(train, parse_args)

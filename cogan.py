@@ -5,69 +5,64 @@ Paper: Liu & Tuzel, "Coupled Generative Adversarial Networks", NIPS 2016, arXiv:
 Objective: two GANs, one per domain, trained together, with the generator's non-saturating form:
     max_{D1,D2}  E_x1[log D1(x1)] + E_z[log(1 - D1(G1(z)))] + E_x2[log D2(x2)] + E_z[log(1 - D2(G2(z)))]
     max_{G1,G2}  E_z[log D1(G1(z))] + E_z[log D2(G2(z))]
-subject to weight sharing: G1 and G2 share their first layers, which decode the high-level
-semantics, and keep their last layers, which render them in each domain's pixels; D1 and D2 keep
-their first layers, which read the pixels, and share their last layers. x1 and x2 are drawn
-independently, so no pair is ever shown, yet one z yields a corresponding pair (G1(z), G2(z)):
-the sharing alone makes the two GANs learn a joint distribution of the domains.
+subject to weight sharing: G1 and G2 share their first layers (the high-level semantics) and keep
+their last (each domain's pixels); D1 and D2 keep their first layers and share their last. No pair
+(x1, x2) is ever shown, yet one z yields a corresponding pair (G1(z), G2(z)).
 
 Changes from dcgan.py: DCGAN's nets, coupled: G1/G2 share all layers but the last transposed
-convolution, D1/D2 all but the first convolution. Domain A is --dataset; domain B is its negative
-(default), its edges, or another folder (--domain_b). Grids show A and B side by side for each z.
+convolution, D1/D2 all but the first convolution. Domain A is --dataset, domain B a folder
+(--domain_b folder) or, as in the paper and the authors' create_two_domains (mingyuliutw/CoGAN), the
+negatives (1 - x) or edges (3x3 dilation minus the image) of the other half of the images, split at
+random (--seed): no image serves both domains. Scores compare domain A's fakes with all the data;
+grids show G1(z), G2(z) side by side.
 
 Run:
     python cogan.py                                                  # digits and their negatives, CPU minutes
     python cogan.py --domain_b edges --dataset mnist --data_root data
     python cogan.py --dataset folder --data_root photos/ --domain_b folder --data_root_b sketches/ --img_size 64
     python cogan.py --resume runs/cogan_digits_20260101-120000      # continue a run
-    torchrun --standalone --nproc_per_node=4 cogan.py               # 4 GPUs of one machine; see the README
+    torchrun --standalone --nproc_per_node=4 cogan.py               # 4 GPUs of one machine
 """
 
 import argparse
-import os
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import common
 
+# Generator steps per data set (--n_iters): two GANs a step; about 40 passes over the digits, 20 over MNIST.
+DATASET_DEFAULTS = {
+    "digits": dict(n_iters=1120),
+    "mnist": dict(n_iters=18750),
+    "fashion": dict(n_iters=18750),
+    "cifar10": dict(n_iters=23400),
+    "anime": dict(n_iters=8000),
+    "folder": dict(n_iters=8000),
+}
+
 
 def parse_args(argv=None):
-    # Two GANs per step: on the small digits set, 40 epochs (1,120 steps) keep the default run to a few
-    # minutes, and the pairs are recognisable well before that.
-    parser = common.ArgumentParser(description="Train a CoGAN (Liu & Tuzel 2016).", dataset_defaults={"digits": dict(n_epochs=40)})
-    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="domain A's images: digits (bundled with scikit-learn), mnist, fashion, cifar10, anime (<data_root>/anime) or folder (--data_root itself)")
-    parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself (labels are ignored)")
-    parser.add_argument("--domain_b", choices=DOMAINS_B, default="negative", help="domain B: negative (1 - x of domain A's images), edges (their morphological-gradient edge maps, the paper's MNIST-edge task) or folder (--data_root_b); always drawn independently of domain A")
+    parser = common.ArgumentParser(description="Train a CoGAN (Liu & Tuzel 2016).", dataset_defaults=DATASET_DEFAULTS)
+    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="domain A's images")
+    parser.add_argument("--data_root", default="data", help="where data sets are kept; the folder for folder")
+    parser.add_argument("--domain_b", choices=("negative", "edges", "folder"), default="negative", help="domain B")
     parser.add_argument("--data_root_b", help="with --domain_b folder: the folder of domain B's images")
-    parser.add_argument("--img_size", type=image_size, help="height and width of the images: 4..7 times a power of two, at least 16 (default: 32, or 64 for anime and folder)")
-    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 for grey, 3 for RGB; images are converted (default: 1 for digits, mnist, fashion, else 3)")
-    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data (default: per data set, 40 for digits)")
-    parser.add_argument("--n_iters", type=common.positive_int, help="stop after this many generator steps (default: no limit)")
+    parser.add_argument("--img_size", type=image_size, help="image height and width (default: per data set)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 grey, 3 RGB (default: per data set)")
+    parser.add_argument("--n_iters", type=common.positive_int, help="generator steps (default: per data set)")
+    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over domain A; --n_iters wins")
     parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
-    parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate of both nets (paper: 0.0002)")
-    parser.add_argument("--b1", type=common.adam_beta, default=0.5, help="Adam beta1 (paper: 0.5, for stability)")
+    parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (paper: 2e-4)")
+    parser.add_argument("--b1", type=common.adam_beta, default=0.5, help="Adam beta1 (paper: 0.5)")
     parser.add_argument("--b2", type=common.adam_beta, default=0.999, help="Adam beta2")
-    parser.add_argument("--n_critic", type=common.positive_int, default=1, help="discriminator steps per generator step")
-    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
-    parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z")
-    parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in D's first layer; doubles per layer")
-    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast where the device supports it, else float16 with loss scaling (CUDA GPUs; slower on most CPUs)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA GPUs: faster steps after a compile of a minute or so)")
-    parser.add_argument("--nan_policy", choices=("stop", "skip"), default="stop", help=f"on a NaN or infinite loss: stop, keeping the last good checkpoint, or skip that update and go on; {common.MAX_SKIPPED_IN_A_ROW} skipped updates without a finite step in between stop the run")
-    parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
-    parser.add_argument("--out", default="runs", help="folder that receives the run folder")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
-    parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/cuBLAS kernels for reproducible GPU runs (slower); CPU runs with the same --seed are reproducible anyway")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--sync_bn", action="store_true", help="under torchrun: BatchNorm normalises with the statistics of all processes' batches together (SyncBatchNorm, CUDA GPUs only), as one big batch would; slower")
-    parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
-    parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
-    common.add_evaluation_args(parser)
+    parser.add_argument("--n_critic", type=common.positive_int, default=1, help="D steps per G step")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (paper: 100)")
+    parser.add_argument("--ngf", type=common.positive_int, default=64, help="G's width at its last hidden layer")
+    parser.add_argument("--ndf", type=common.positive_int, default=64, help="D's width at its first layer")
+    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between grids")
+    common.add_run_args(parser)
     opt = parser.parse_args(argv)
     if (opt.domain_b == "folder") != (opt.data_root_b is not None):
         parser.error("--domain_b folder and --data_root_b DIR go together: pass both, or neither")
@@ -77,9 +72,6 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------
-DOMAINS_B = ("negative", "edges", "folder")
-
-
 def conv_plan(img_size):
     """G grows a base x base map by doubling it n times (D shrinks it back); 4 <= base <= 7."""
     base, doublings = img_size, 0
@@ -93,14 +85,13 @@ def image_size(text):
     size = common.positive_int(text)
     base, doublings = conv_plan(size)
     if not (4 <= base <= 7 and doublings >= 2):
-        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, at least 16 (e.g. 28, 32, 64, 96, 128)")
+        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, >= 16")
     return size
 
 
 class CoupledGenerators(nn.Module):
-    """z -> (image A, image B): DCGAN's generator, whose layers but the last are shared. A transposed
-    convolution lifts z to a base x base map, then each stride-2 transposed convolution doubles the
-    size and halves the width; BatchNorm + ReLU between, Tanh at each domain's output."""
+    """z -> (image A, image B): dcgan.py's generator, whose layers but the last are shared; BatchNorm +
+    ReLU between, Tanh after each domain's last layer."""
 
     def __init__(self, latent_dim, channels, img_size, ngf):
         super().__init__()
@@ -109,33 +100,30 @@ class CoupledGenerators(nn.Module):
         # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
         layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
         for _ in range(doublings - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2)]
+            layers += [nn.ReLU(True)]
             width //= 2
-        # Shared: the layers that decode the high-level content both domains have in common.
-        self.shared = nn.Sequential(*layers)
-        # Per domain: the last layer, which renders that content in the domain's own pixels.
-        self.last_a, self.last_b = (nn.Sequential(nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()) for _ in "ab")  # no BatchNorm at the output
+        self.shared = nn.Sequential(*layers)  # the high-level content both domains have in common
+        self.last_a, self.last_b = (nn.ConvTranspose2d(width, channels, 4, 2, 1) for _ in "ab")  # per domain's pixels
 
     def forward(self, z):
         hidden = self.shared(z[:, :, None, None])
-        return self.last_a(hidden), self.last_b(hidden)
+        return self.last_a(hidden).tanh(), self.last_b(hidden).tanh()
 
 
 class CoupledDiscriminators(nn.Module):
-    """(image A, image B) -> (logit A, logit B): DCGAN's discriminator, whose layers but the first are
-    shared. Stride-2 convolutions halve the size and double the width, LeakyReLU(0.2), BatchNorm on
-    every layer but the first, then a base x base convolution to one number."""
+    """(image A, image B) -> (logit A, logit B): dcgan.py's discriminator, whose layers but the first
+    convolution are shared; LeakyReLU(0.2), BatchNorm on every layer but the first."""
 
     def __init__(self, channels, img_size, ndf):
         super().__init__()
         base, doublings = conv_plan(img_size)
         # Per domain: the first layer, which reads the domain's own pixels (no BatchNorm at the input).
-        self.first_a, self.first_b = (nn.Sequential(nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)) for _ in "ab")
-        # Shared: the layers that judge the high-level content, the same in both domains.
-        layers = []
-        width = ndf
+        self.first_a, self.first_b = (nn.Conv2d(channels, ndf, 4, 2, 1) for _ in "ab")
+        layers, width = [nn.LeakyReLU(0.2, True)], ndf  # shared: the rest, which judges the high-level content
         for _ in range(doublings - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2)]
+            layers += [nn.LeakyReLU(0.2, True)]
             width *= 2
         # A logit, not a probability: the loss applies the sigmoid in a numerically stable way.
         layers += [nn.Conv2d(width, 1, base, 1, 0)]
@@ -157,13 +145,20 @@ def init_weights(module):
 
 
 def edges(images):
-    """Edge maps in [-1, 1]: the morphological gradient (3x3 dilation minus erosion), bright on edges."""
-    dilated, eroded = F.max_pool2d(images, 3, 1, 1), -F.max_pool2d(-images, 3, 1, 1)
-    return dilated - eroded - 1
+    """Edge maps as the authors make them, the 3x3 dilation minus the image on [0, 1] (-1 + that on [-1, 1])."""
+    return F.max_pool2d(images, 3, 1, 1) - images - 1
+
+
+def halves(data, seed):
+    """Two disjoint halves of the images of `data` (unlabelled), split by a permutation seeded with `seed`."""
+    parts = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tensor_split(2)
+    images = [data.images[part] if data.images is not None else None for part in parts]
+    files = [[data.files[i] for i in part] if data.images is None else () for part in parts]  # decoded on the fly
+    return [common.ImageData(data.name, data.img_size, data.channels, *pair) for pair in zip(images, files)]
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss
+# Losses
 # ----------------------------------------------------------------------------------------------
 def discriminator_loss(real_logits, fake_logits):
     """-E[log D(x)] - E[log(1 - D(G(z)))]: binary cross-entropy with real = 1, fake = 0."""
@@ -182,149 +177,84 @@ def generator_loss(fake_logits):
 # Training
 # ----------------------------------------------------------------------------------------------
 def train(opt):
-    common.seed_everything(opt.seed, opt.deterministic)
-    device = common.get_device(opt.device)
-    # Distributed (torchrun): join the other processes, one per GPU, each with its own seed; a plain run goes on as it was.
-    device = common.init_distributed(opt, device)
+    device = common.setup(opt)  # seeded; under torchrun, one process per GPU
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
-    batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
-    # Domain B gets its own order (another seed) even when it is made from domain A's images: the
-    # pairs are never seen together, which is the point.
-    data_b = common.load_images("folder", opt.data_root_b, opt.img_size, opt.channels) if opt.domain_b == "folder" else data
+    if opt.domain_b == "folder":  # A is the whole data set, B another one
+        data_a, data_b = data, common.load_images("folder", opt.data_root_b, opt.img_size, opt.channels)
+    else:  # B is made from the half of the images that A never sees
+        data_a, data_b = halves(data, opt.seed)
+    batches = common.Batches(data_a, opt.batch_size, device, opt.seed, opt.n_cpu)
     batches_b = common.Batches(data_b, opt.batch_size, device, opt.seed + 1, opt.n_cpu)
-    to_domain_b = {"negative": torch.neg, "edges": edges, "folder": nn.Identity()}[opt.domain_b]  # 1 - x on [0, 1] is -x on [-1, 1]
-    evaluator = common.Evaluator(opt, data, device)  # --fid/--fcd nets load now: a missing download fails before training
-    run = common.Run(opt, __file__)
+    to_domain_b = {"negative": torch.neg, "edges": edges, "folder": nn.Identity()}[opt.domain_b]  # 1 - x is -x
+    opt.n_iters = opt.n_iters or opt.n_epochs * len(batches) // opt.n_critic  # --n_epochs as generator steps
+    run = common.Run(opt, __file__, data, device)  # the scores compare domain A with the whole data set
 
     generator = CoupledGenerators(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
     discriminator = CoupledDiscriminators(opt.channels, opt.img_size, opt.ndf).to(device)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
-    # Distributed (torchrun): every process starts from rank 0's weights and steps with the gradients averaged over all.
-    generator, discriminator = common.distribute(opt, generator, discriminator)
-    if opt.compile:  # in place: the state_dict keys, and so the checkpoints, stay the same
-        generator.compile()
-        discriminator.compile()
-    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
-    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
+    generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
+    optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
-    precision = common.Precision(opt.amp, device)
-    scaler_D, scaler_G = precision.scaler(), precision.scaler()
-    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D, scaler_D=scaler_D, scaler_G=scaler_G)
+    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)
+    scaling = opt.amp and autocast.fast_dtype == torch.float16
+    scaler_D, scaler_G = (
+        torch.amp.GradScaler(device.type, enabled=scaling),
+        torch.amp.GradScaler(device.type, enabled=scaling),
+    )
+    fixed_z = torch.randn(32, opt.latent_dim, device=device)  # the same z for every grid: how G(z) evolves
+    state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
+    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, batches_b=batches_b, fixed_z=fixed_z)
+    start = run.restore(state)
 
-    # The same noise for every sample grid, so the grids show how G(z) evolves for fixed z.
-    fixed_z = torch.randn(32, opt.latent_dim, device=device)
-    # d_steps runs on across epochs: the D steps of one generator step may straddle an epoch's end.
-    step, epoch, batch, d_steps, seconds = 0, 0, 0, 0, 0.0
-    if opt.resume:
-        checkpoint = run.restore(saved)
-        step, epoch, batch, d_steps, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"], checkpoint["seconds"]
-        fixed_z = checkpoint["fixed_z"].to(device)
-
-    def save_samples():
-        # Sampled in training mode, with the batch's own BatchNorm statistics, as during training.
-        with torch.no_grad():
-            # G1(z), G2(z) side by side: 4 pairs per row.
-            run.save_samples(torch.stack(generator(fixed_z), 1).flatten(0, 1), step)
-
-    def domain_b_batches(start):
-        """Domain B's batches, endless, from its start-th batch on, so a resumed run draws the same ones."""
-        epoch_b, skip = divmod(start, len(batches_b))
-        while True:
-            for images, _ in batches_b.epoch(epoch_b, skip):
-                yield to_domain_b(images)
-            epoch_b, skip = epoch_b + 1, 0
-
-    def save_checkpoint():
-        run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
-
-    def generate(n, rng):
-        """n fakes from noise drawn from `rng`, for --fid/--fcd and --save_fakes: (images, labels or None)."""
-        # Domain A: the data set that the scores compare with (B is made from it or from --data_root_b).
+    def fakes(generator, n, rng):
+        """n fakes of domain A from noise drawn from `rng`, for scoring and --save_fakes: (images, labels)."""
         return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng))[0], None
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
-        print(f"wrote {opt.generate} fakes into {evaluator.save_fakes(generate, opt.generate, run.dir / 'fakes')}")
-        return run
+        return run.scorer.write_fakes(run, generator, fakes, opt.generate)
 
-    print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
-    n_iters = opt.n_iters or float("inf")
-    start = time.perf_counter() - seconds
-    with common.GracefulInterrupt() as interrupt:
-        while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
-            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True, disable=not common.is_main())
-            stream_b = domain_b_batches(epoch * len(batches) + batch)
-            for real_a, _ in progress:
-                real_b = next(stream_b)
-                batch += 1
-                # ---------------------
-                #  Train Discriminator
-                # ---------------------
-                with precision.autocast():
-                    z = torch.randn(real_a.size(0), opt.latent_dim, device=device)
-                    with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
-                        fake_a, fake_b = generator(z)
-                    real_logits, fake_logits = torch.cat(discriminator(real_a, real_b)), torch.cat(discriminator(fake_a, fake_b))
-                    # Over both domains' logits: the mean of the two GANs' losses, half the paper's sum (the same steps under Adam).
-                    loss_D = discriminator_loss(real_logits, fake_logits)
-                optimizer_D.zero_grad(set_to_none=True)
-                scaler_D.scale(loss_D).backward()
-                if run.accepts(loss_D):  # under --nan_policy skip a NaN/Inf loss changes no weight
-                    scaler_D.step(optimizer_D)
-                    scaler_D.update()
-                d_steps += 1
-                if d_steps % opt.n_critic:
-                    continue
+    size = f"{opt.img_size}x{opt.img_size}x{opt.channels}"
+    print(f"{len(data_a)} {data.name} images for A, {len(data_b)} for B, at {size} on {device}; run folder {run.dir}")
+    real_batches, real_batches_b = iter(batches), iter(batches_b)
+    for step in run.progress(start):
+        # ---------------------
+        #  Train Discriminator
+        # ---------------------
+        for _ in range(opt.n_critic):
+            real, _ = next(real_batches)
+            real_b = to_domain_b(next(real_batches_b)[0])  # from its own stream: never paired with `real`
+            z = torch.randn(real.size(0), opt.latent_dim, device=device)
+            with autocast:
+                with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
+                    fake = generator(z)
+                real_logits, fake_logits = torch.cat(discriminator(real, real_b)), torch.cat(discriminator(*fake))
+                loss_D = discriminator_loss(real_logits, fake_logits)  # the two GANs' mean: half the paper's sum
+            optimizer_D.zero_grad(set_to_none=True)
+            scaler_D.scale(loss_D).backward()
+            scaler_D.step(optimizer_D)
+            scaler_D.update()
 
-                # -----------------
-                #  Train Generator
-                # -----------------
-                with precision.autocast():
-                    z = torch.randn(real_a.size(0), opt.latent_dim, device=device)
-                    loss_G = generator_loss(torch.cat(discriminator(*generator(z))))
-                optimizer_G.zero_grad(set_to_none=True)
-                scaler_G.scale(loss_G).backward()
-                if run.accepts(loss_G):
-                    scaler_G.step(optimizer_G)
-                    scaler_G.update()
-                step += 1
+        # -----------------
+        #  Train Generator
+        # -----------------
+        z = torch.randn(real.size(0), opt.latent_dim, device=device)
+        with autocast, common.frozen(discriminator) as frozen_D:  # only G's weights need gradients here
+            loss_G = generator_loss(torch.cat(frozen_D(*generator(z))))
+        optimizer_G.zero_grad(set_to_none=True)
+        scaler_G.scale(loss_G).backward()
+        scaler_G.step(optimizer_G)
+        scaler_G.update()
 
-                # ---------------------
-                #  Log, sample, stop
-                # ---------------------
-                seconds = time.perf_counter() - start
-                values = torch.stack([loss_D, loss_G, real_logits.sigmoid().mean(), fake_logits.sigmoid().mean()]).tolist()
-                metrics = dict(zip(("loss_D", "loss_G", "D_x", "D_G_z"), values))
-                run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
-                progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
-                if step % opt.sample_interval == 0:
-                    save_samples()
-                if opt.fid_interval and step % opt.fid_interval == 0:
-                    run.log_eval(step, evaluator.score(generate, step))
-                if step % opt.checkpoint_interval == 0:
-                    save_checkpoint()
-                if step >= n_iters or interrupt.requested:
-                    break
-            progress.close()
-            if batch == len(batches):  # a whole epoch: summarise it and start the next from its first batch
-                tqdm.write(f"epoch {epoch + 1}/{opt.n_epochs}  step {step}  {run.epoch_summary()}  {seconds:.0f}s")
-                epoch, batch = epoch + 1, 0
-            save_checkpoint()
-
-    if step % opt.sample_interval:
-        save_samples()
-    if interrupt.requested:
-        print(f"stopped at step {step}; continue with: {run.resume_command}")
-        raise KeyboardInterrupt
-    if evaluator:
-        run.log_eval(step, evaluator.score(generate, step))
-    if opt.save_fakes:
-        evaluator.save_fakes(generate, opt.save_fakes, run.dir / "fakes")
-    run.finish(step, seconds)
-    print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
-    return run
+        run.log(
+            step, loss_D=loss_D, loss_G=loss_G, D_x=real_logits.sigmoid().mean(), D_G_z=fake_logits.sigmoid().mean()
+        )
+        run.sample(step, generator, fixed_z)  # G1(z), G2(z) side by side: 4 pairs a row
+        run.score(step, generator, fakes)
+        run.checkpoint(step, state)
+    return run.finish(generator, fakes)
 
 
 if __name__ == "__main__":
-    with common.friendly_errors():
-        train(parse_args())
+    common.main(train, parse_args)

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import csv
 import datetime
+import importlib.util
 import itertools
 import json
 import math
@@ -68,7 +69,7 @@ class ArgumentParser(argparse.ArgumentParser):
                 defaults.update((k, v) for k, v in load_checkpoint(opt.resume)["args"].items() if k in opt)
             except UsageError as error:
                 self.error(str(error))
-        if "--n_epochs" in args and "--n_iters" not in args:
+        if "--n_epochs" in {arg.split("=")[0] for arg in args}:  # an explicit --n_iters still wins
             defaults["n_iters"] = None  # the script turns the passes into steps once it knows the data's size
         self.set_defaults(**defaults)
         opt = super().parse_args(args, namespace)
@@ -207,10 +208,10 @@ def evaluating(net):
 
 def all_mean(values):
     """A tensor averaged over torchrun's processes: for values all of them must agree on."""
+    values = values.detach().float().clone()
     if GROUP.distributed:
-        torch.distributed.all_reduce(values := values.detach().float().clone())
-        values /= GROUP.size
-    return values
+        torch.distributed.all_reduce(values)
+    return values / GROUP.size
 
 
 class ImageData:
@@ -382,8 +383,10 @@ class Run:
         self.resumed = checked_checkpoint(opt, self.script) if opt.resume else None
         self.training = not (opt.generate or getattr(opt, "label", None) is not None)
         self.scorer = self.tensorboard = None
-        if opt.fid or opt.fcd or opt.save_fakes or opt.generate:  # built now: a missing download fails at once
+        if opt.generate or (self.training and (opt.fid or opt.fcd or opt.save_fakes)):  # now: fails before training
             self.scorer = _optional("scoring", "--fid, --fcd, --save_fakes and --generate").Scorer(opt, data, device)
+        if opt.tensorboard and not importlib.util.find_spec("tensorboard"):
+            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
         self.dir = self.resumed["dir"] if self.resumed else None
         if is_main():
             self.dir = self.dir or _new_folder(Path(opt.out), f"{self.script}_{opt.dataset}")
@@ -473,9 +476,10 @@ class Run:
 
     def save_grid(self, images, name):
         """Images in [-1, 1] as samples/<name>, a PNG grid of 8 a row; returns its path."""
-        (self.dir / "samples").mkdir(exist_ok=True)
         with self.writing(f"samples/{name}") as path:
-            save_image(images.float().cpu(), path, nrow=8, normalize=True, value_range=(-1, 1), padding=2)
+            if is_main():  # under torchrun, rank 0 alone writes
+                path.parent.mkdir(exist_ok=True)
+                save_image(images.float().cpu(), path, nrow=8, normalize=True, value_range=(-1, 1), padding=2)
         return path
 
     def score(self, step, generator, fakes):
@@ -550,7 +554,7 @@ class Run:
         self.step, self.seconds = self.resumed["step"], self.resumed["seconds"]
         if self.opt.n_iters < self.step:
             raise UsageError(f"--n_iters {self.opt.n_iters}: the run is at step {self.step} already; pass more")
-        for name in ("metrics.csv", "scores.csv"):
+        for name in ("metrics.csv", "scores.csv") if self.training else ():
             if (self.dir / name).exists():
                 lines = (self.dir / name).read_text().splitlines(keepends=True)
                 self.write(name, "".join(lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= self.step]))

@@ -40,13 +40,13 @@ GIF_FRAMES, GIF_PIXELS = 60, 3_000_000
 
 def metrics_series(run_dir, x="step"):
     """metrics.csv and scores.csv as {column: (x values, values)}, each column against column `x`,
-    skipping blank cells and rows cut short by a live run."""
+    skipping blank cells and a last row that a live run has not finished writing."""
     series = {}
     for name in ("metrics.csv", "scores.csv"):
         if not (Path(run_dir) / name).exists():
             continue
-        with open(Path(run_dir) / name, newline="") as f:
-            rows = list(csv.DictReader(f))
+        lines = (Path(run_dir) / name).read_text().splitlines(keepends=True)
+        rows = csv.DictReader(lines if not lines or lines[-1].endswith("\n") else lines[:-1])  # the last one cut short
         for row in rows:
             try:
                 at = float(row.get(x) or "nan")

@@ -1,19 +1,23 @@
 """Scores for a generator's samples, imported by common.Run only when --fid, --fcd, --save_fakes or
---generate asks for it. Each score is a Frechet distance between Gaussians fitted to features of real
-and of fake images (lower is better):
+--generate asks for it. Each is a Frechet distance between Gaussians fitted to features of real and of
+fake images (lower is better):
     fid  pytorch-fid's InceptionV3 pool features (2048-d), the number papers report; needs its weights.
     fcd  the 64 features of a small classifier trained once on the labelled training data, with
          `confident` (the share of fakes it gives a class with p >= 0.9) and `classes` (how many classes
          those cover): no download; meaningful where a classifier tells the classes apart (digits).
-The nets and the real statistics are built before training, so that a missing download fails at once,
-and cached beside the data (<data_root>/fid_stats, or <folder>_fid_stats), as tensors only: a cache,
-like a checkpoint, is read with weights_only=True and can never run code.
+The nets and real statistics are built before training (a missing download fails at once), the classifier
+and Inception statistics cached beside the data (<data_root>/fid_stats, or <folder>_fid_stats). Nothing is
+unpickled: caches and the Inception weights are read with weights_only=True.
 """
 
+import hashlib
+import io
+import os
+import pickle
 import sys
-import tempfile
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -23,9 +27,11 @@ from PIL import Image
 
 import common
 
-# pytorch-fid downloads its Inception weights from FID_WEIGHTS_URL into torch.hub's cache.
+# pytorch-fid's Inception weights, downloaded into torch.hub's cache. Their name carries the first 8 hex digits
+# of FID_SHA256 (torch.hub's convention), as pinned for this URL by snap-research/discoscene and others.
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS
+FID_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 FID_DIMS = 2048  # the pool features of the literature (pytorch-fid also offers 64, 192 and 768)
 CONFIDENT = 0.9  # a classifier probability this high counts a fake as a recognisable member of a class
 
@@ -46,12 +52,13 @@ class FeatureClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-def train_classifier(classifier, data, device, steps=1200, batch_size=64):
-    """Fit the --fcd classifier on nine tenths of the data (seeded); returns it in evaluation mode and
-    its accuracy on the tenth held out."""
+def train_classifier(data, device, steps=1200, batch_size=64):
+    """A FeatureClassifier fitted (seeded) on 9/10 of the data, in evaluation mode, and its accuracy on the rest."""
+    torch.manual_seed(0)
+    classifier = FeatureClassifier(data.channels, data.n_classes).to(device)
     rng = torch.Generator().manual_seed(0)
     order = torch.randperm(len(data), generator=rng)
-    held_out, train = order[: len(data) // 10], order[len(data) // 10 :]
+    held_out, train = order[: len(data) // 10].to(device), order[len(data) // 10 :]
     images, labels = data.images.to(device).float().div(127.5).sub(1), data.labels.to(device)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=3e-3)
     for _ in range(steps):
@@ -61,36 +68,45 @@ def train_classifier(classifier, data, device, steps=1200, batch_size=64):
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        held_out = held_out.to(device)
         correct = sum((classifier.eval()(images[i]).argmax(1) == labels[i]).sum().item() for i in held_out.split(256))
     return classifier, correct / max(len(held_out), 1)
 
 
 def inception(weights, device):
-    """pytorch-fid's InceptionV3 from torch.hub's cache, a download, or --fid_weights; one line if none works."""
-    from pytorch_fid.inception import InceptionV3
+    """pytorch-fid's InceptionV3 (FID_DIMS features) with the weights of --fid_weights or torch.hub's cache
+    (downloaded there once). pytorch-fid would unpickle them whole (torch.hub.load_state_dict_from_url):
+    here a file whose SHA-256 is not FID_SHA256 is never read, and the right one with weights_only=True."""
+    import pytorch_fid.inception as fid
 
-    hub = torch.hub.get_dir()
+    path = Path(weights).expanduser() if weights else Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS
+    if weights and not path.is_file():
+        raise common.UsageError(f"--fid_weights {weights}: no such file; pass the path of {FID_WEIGHTS}")
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            if weights:  # pytorch-fid loads from torch.hub's cache by file name: show it the local copy there
-                if not Path(weights).expanduser().is_file():
-                    raise common.UsageError(f"--fid_weights {weights}: no such file; pass the path of {FID_WEIGHTS}")
-                (Path(folder) / "checkpoints").mkdir()
-                (Path(folder) / "checkpoints" / FID_WEIGHTS).symlink_to(Path(weights).expanduser().resolve())
-                torch.hub.set_dir(folder)
-            return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]]).to(device).eval()
-    except OSError as error:  # urllib's URLError too: offline, or the download failed
+        if not path.exists():  # into a temporary file, checked against FID_SHA256, then renamed
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(path), hash_prefix=FID_SHA256)
+        data = path.read_bytes()  # checked, then read from memory: no other file can take its place between
+    except (OSError, RuntimeError) as error:  # offline (urllib's URLError), or other bytes than pinned
         raise common.UsageError(
-            f"--fid needs pytorch-fid's Inception weights {FID_WEIGHTS} and could not download them "
-            f"({common.first_line(error)}): put {FID_WEIGHTS_URL} in {Path(hub) / 'checkpoints'} or pass --fid_weights"
+            f"--fid needs pytorch-fid's Inception weights {FID_WEIGHTS} and could not download or read them "
+            f"({common.first_line(error)}): put {FID_WEIGHTS_URL} into {path.parent}, or pass --fid_weights PATH"
         )
-    except (RuntimeError, KeyError, ValueError) as error:
+    if (digest := hashlib.sha256(data).hexdigest()) != FID_SHA256:
+        fix = f"pass --fid_weights a copy of {FID_WEIGHTS_URL}" if weights else "delete it to download it again"
         raise common.UsageError(
-            f"{weights or FID_WEIGHTS} is not pytorch-fid's Inception weights ({common.first_line(error)})"
+            f"{path} is not pytorch-fid's Inception weights (SHA-256 {digest[:16]}..., not {FID_SHA256[:16]}...): {fix}"
         )
-    finally:
-        torch.hub.set_dir(hub)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with mock.patch.object(fid, "load_state_dict_from_url", lambda *args, **kwargs: state):
+            return fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]]).to(device).eval()
+    except Exception as error:  # a pickle of more than tensors, or other tensors: never unpickled
+        raise common.UsageError(f"{path} does not hold Inception weights ({_reason(error)}): pass {FID_WEIGHTS}")
+
+
+def _reason(error):  # why torch.load(weights_only=True) or load_state_dict refused a file
+    unsafe = isinstance(error, pickle.UnpicklingError)
+    return "it holds Python objects, never unpickled here" if unsafe else common.first_line(error)
 
 
 def frechet_distance(a, b):
@@ -112,36 +128,40 @@ class Scorer:
     """--fid, --fcd, --save_fakes and --generate for one run (see the module's docstring)."""
 
     def __init__(self, opt, data, device):
-        self.opt, self.data, self.device = opt, data, device
-        if not (opt.fid or opt.fcd) or not common.is_main():  # under torchrun, rank 0 alone scores
+        self.opt, self.data, self.device, self.scored_at = opt, data, device, None
+        if not (opt.fid or opt.fcd) or opt.generate or not common.is_main():  # under torchrun, rank 0 scores
             return
         root = Path(opt.data_root).expanduser().resolve()
         self.cache = root.with_name(root.name + "_fid_stats") if opt.dataset == "folder" else root / "fid_stats"
+        self.tag = f"{data.name}_{data.img_size}x{data.channels}"
         self.n_real = min(opt.fid_samples, len(data) // opt.batch_size * opt.batch_size)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # training's noise stays
-            torch.manual_seed(0)  # the same classifier, whatever the run's --seed
             if opt.fcd:
-                self.classifier, self.fcd_stats = self._classifier()
+                self.classifier = self._classifier()
+                with torch.no_grad():  # a second or two: not cached, so that it always fits the classifier
+                    self.fcd_stats = statistics(self._real(self.classifier.features))
             if opt.fid:
                 self.inception = inception(opt.fid_weights, device)
-                self.fid_stats = self._cached("inception", lambda: statistics(self._real(self.inception_features)))
+                name = f"inception{FID_DIMS}_{self.tag}_{self.n_real}"
+                self.fid_stats = self._cached(name, lambda: statistics(self._real(self.inception_features)), _gaussian)
 
-    def _cached(self, kind, compute):
-        """What compute() returns (a dict or tuple of tensors), kept in the cache when it can be written."""
-        path = self.cache / f"{kind}_{self.data.name}_{self.data.img_size}x{self.data.channels}_{self.n_real}.pt"
+    def _cached(self, name, compute, use):
+        """use(compute()), its tensors kept in <cache>/<name>.pt, read with weights_only=True: a file that is
+        unreadable, holds Python objects (a pickle could run code) or fails `use` costs a warning line."""
+        path = self.cache / f"{name}.pt"
         if path.exists():
             try:
-                return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as error:  # noqa: BLE001 - an old pickle or a broken file: computed anew
-                print(f"warning: recomputing {path} ({common.first_line(error)})", file=sys.stderr)
+                return use(torch.load(path, map_location="cpu", weights_only=True))
+            except Exception as error:  # a broken, old or foreign file: replaced
+                print(f"warning: recomputing {path}: {_reason(error)}", file=sys.stderr)
         value = compute()
         try:
             self.cache.mkdir(parents=True, exist_ok=True)
-            torch.save(value, path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").replace(path)
+            torch.save(value, tmp := path.with_suffix(f".{os.getpid()}.tmp"))  # another run may write it too
+            tmp.replace(path)
         except OSError as error:
             print(f"warning: cannot cache {path} ({error.strerror}): recomputed each run", file=sys.stderr)
-        return value
+        return use(value)
 
     def _real(self, features):
         """The features of n_real training images."""
@@ -156,23 +176,18 @@ class Scorer:
     def _classifier(self):
         data = self.data
         if data.labels is None or data.n_classes < 2:
-            raise common.UsageError(
-                f"--fcd needs labelled data of two classes or more, and {data.name} has none: use --fid"
-            )
+            raise common.UsageError(f"--fcd needs labelled data, two classes or more; {data.name} has none: use --fid")
         if data.images is None:
             raise common.UsageError(f"--fcd trains its classifier in memory and {data.name} is too large: use --fid")
-        classifier = FeatureClassifier(data.channels, data.n_classes).to(self.device)
 
         def fit():
-            net, accuracy = train_classifier(classifier, data, self.device)
+            trained, accuracy = train_classifier(data, self.device)
             print(f"FCD: trained a classifier on {len(data)} images once: {accuracy:.1%} accurate", file=sys.stderr)
-            with torch.no_grad():
-                mu, sigma = statistics(self._real(net.features))
-            return dict(classifier=net.state_dict(), mu=mu, sigma=sigma, accuracy=torch.tensor(accuracy))
+            return dict(classifier=trained.state_dict(), accuracy=torch.tensor(accuracy))
 
-        saved = self._cached("classifier", fit)
-        classifier.load_state_dict(saved["classifier"])
-        return classifier.eval(), (saved["mu"], saved["sigma"])
+        net = FeatureClassifier(data.channels, data.n_classes).to(self.device)  # all its weights are loaded
+        self._cached(f"classifier_{self.tag}", fit, lambda saved: net.load_state_dict(saved["classifier"]))
+        return net.eval()
 
     def fakes(self, generator, fakes, n):
         """Batches of (images, labels) until n fakes, from a noise stream of their own (the same each time,
@@ -184,10 +199,10 @@ class Scorer:
                 yield images.clamp(-1, 1).add(1).mul(127.5).round().div(127.5).sub(1), labels
 
     def score(self, run, step, generator, fakes):
-        """The scores of the generator at `step`, as a row of scores.csv and in run.scores."""
+        """The scores of --fid_samples fakes at `step`, as a row of scores.csv and in run.scores (rank 0 alone)."""
         if not common.is_main():
             return
-        features, inception, counts = [], [], torch.zeros(self.data.n_classes or 1)
+        features, pools, counts = [], [], torch.zeros(self.data.n_classes or 1)
         for images, _ in self.fakes(generator, fakes, self.opt.fid_samples):
             if self.opt.fcd:
                 with torch.no_grad():
@@ -195,20 +210,20 @@ class Scorer:
                     confident, predicted = self.classifier.head(features[-1]).softmax(1).max(1)
                 counts += torch.bincount(predicted[confident >= CONFIDENT].cpu(), minlength=len(counts))
             if self.opt.fid:
-                inception.append(self.inception_features(images))
-        scores = {"fid": frechet_distance(statistics(torch.cat(inception)), self.fid_stats)} if self.opt.fid else {}
+                pools.append(self.inception_features(images))
+        scores = {"fid": frechet_distance(statistics(torch.cat(pools)), self.fid_stats)} if self.opt.fid else {}
         if self.opt.fcd:
             scores["fcd"] = frechet_distance(statistics(torch.cat(features)), self.fcd_stats)
             scores.update(confident=counts.sum().item() / self.opt.fid_samples, classes=int((counts > 0).sum()))
-        run.scores, run.scored_at = scores, step
-        run.append("scores.csv", dict(step=step, **scores, seconds=run.seconds))
+        run.scores, self.scored_at = scores, step
+        run.append("scores.csv", dict(step=step, **run.scores, seconds=run.seconds))
         if run.tensorboard:
-            run.tensorboard.scalars("score", step, scores)
-        print(f"step {step}  " + "  ".join(f"{name} {value:.4g}" for name, value in scores.items()))
+            run.tensorboard.scalars("score", step, run.scores)
+        print(f"step {step}  " + "  ".join(f"{name} {value:.4g}" for name, value in run.scores.items()))
 
     def finish(self, run, generator, fakes):
         """At the end of training: the scores at the last step (unless scored there), then --save_fakes."""
-        if (self.opt.fid or self.opt.fcd) and getattr(run, "scored_at", None) != run.step:
+        if (self.opt.fid or self.opt.fcd) and self.scored_at != run.step:
             self.score(run, run.step, generator, fakes)
         if self.opt.save_fakes:
             self.write_fakes(run, generator, fakes, self.opt.save_fakes)
@@ -216,16 +231,20 @@ class Scorer:
     def write_fakes(self, run, generator, fakes, n):
         """n fakes as PNG files in <run>/fakes (a folder per class where they have labels), the input of
         `python -m pytorch_fid <run>/fakes <real images>`; returns the run."""
-        written, folder = 0, run.dir / "fakes"
+        written = 0
         for images, labels in self.fakes(generator, fakes, n) if common.is_main() else ():
             pixels = images.add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             for index, array in enumerate(pixels):
-                target = folder / self.data.classes[int(labels[index])] if labels is not None else folder
-                target.mkdir(parents=True, exist_ok=True)
-                with run.writing(f"fakes/{written:06d}.png"):
-                    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(
-                        target / f"{written:06d}.png"
-                    )
+                folder = f"fakes/{self.data.classes[int(labels[index])]}" if labels is not None else "fakes"
+                with run.writing(f"{folder}/{written:06d}.png") as path:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
                 written += 1
-        print(f"wrote {n} fakes into {folder}")
+        print(f"wrote {n} fakes into {run.dir / 'fakes'}")
         return run
+
+
+def _gaussian(saved):  # cached Inception statistics: (mean, covariance) of FID_DIMS features
+    if [tuple(tensor.shape) for tensor in saved] != [(FID_DIMS,), (FID_DIMS, FID_DIMS)]:
+        raise ValueError(f"not the statistics of {FID_DIMS} features")
+    return saved

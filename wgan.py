@@ -1,73 +1,58 @@
 """WGAN: Wasserstein GAN with weight clipping.
 
-Paper: Arjovsky, Chintala & Bottou, "Wasserstein Generative Adversarial Networks", ICML 2017,
-arXiv:1701.07875.
+Paper: Arjovsky, Chintala & Bottou, "Wasserstein Generative Adversarial Networks", ICML 2017, arXiv:1701.07875.
 
-Objective: the Wasserstein-1 distance in its Kantorovich-Rubinstein dual form,
-    W(P_r, P_g) = max_{||D||_L <= 1}  E_x[D(x)] - E_z[D(G(z))]
-with the critic D kept K-Lipschitz by clipping every weight to [-c, c] after each update:
-    critic:     min_D  E_z[D(G(z))] - E_x[D(x)],   then  w <- clip(w, -c, c),  c = 0.01
+Objective: the Wasserstein-1 distance in its dual form, W = max_{||D||_L <= 1} E_x[D(x)] - E_z[D(G(z))], with the
+critic D kept K-Lipschitz by clipping every weight to [-c, c], c = 0.01, before each of its updates:
+    critic:     min_D  E_z[D(G(z))] - E_x[D(x)]       logged as W_estimate = E_x[D(x)] - E_z[D(G(z))], W up to K
     generator:  min_G  -E_z[D(G(z))]
-E_x[D(x)] - E_z[D(G(z))] is then an estimate of W (up to the factor K), the quantity the paper
-shows falling as the samples improve; it is logged as W_estimate.
 
-Changes from DCGAN: the critic outputs an unbounded score (no sigmoid, no log), its weights are
-clipped, it takes 5 steps per generator step (100 for the first 25 generator steps and every 500th,
-as in the authors' code), and both nets use RMSprop with lr 5e-5, the paper's defaults.
+Changes from DCGAN: an unbounded score (no sigmoid, no log), clipped weights (from the start: BatchNorm's gains are
+near 1); 5 critic steps a generator step (100 for the first 25 and every 500th, as in the authors' code); RMSprop 5e-5.
 
 Run:
     python wgan.py                                                   # scikit-learn digits, CPU minutes
-    python wgan.py --dataset mnist --data_root data                  # downloads MNIST into data/
-    python wgan.py --dataset folder --data_root faces/ --img_size 64
-    python wgan.py --resume runs/wgan_digits_20260101-120000        # continue a run
-    torchrun --standalone --nproc_per_node=4 wgan.py                # 4 GPUs of one machine; see the README
+    python wgan.py --dataset mnist --data_root data --log_grad_norms # with the critic's slopes
+    torchrun --standalone --nproc_per_node=4 wgan.py                # 4 GPUs of one machine
 """
 
 import argparse
-import os
-import time
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 import common
 
+# Generator steps (--n_iters): digits 650 passes at 5 batches a step, width 32 (clipping needs many); else DCGAN's / 5.
+DATASET_DEFAULTS = {
+    "digits": dict(n_iters=3050, ngf=32, ndf=32),
+    "mnist": dict(n_iters=3750),
+    "fashion": dict(n_iters=3750),
+    "cifar10": dict(n_iters=4680),
+    "anime": dict(n_iters=1600),
+    "folder": dict(n_iters=1600),
+}
+
 
 def parse_args(argv=None):
-    # Five critic batches per generator step (100 for the first 25 and every 500th): on the small
-    # digits set, 650 epochs give about 3,050 generator steps. With lr 5e-5 and clipping the samples
-    # sharpen slowly: at width 64 they still were soft blobs after 1,000 steps, so digits trade
-    # width (32: about 3.5x faster per step) for steps.
-    parser = common.ArgumentParser(description="Train a WGAN (Arjovsky et al. 2017).", dataset_defaults={"digits": dict(n_epochs=650, ngf=32, ndf=32)})
-    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images: digits (bundled with scikit-learn), mnist, fashion, cifar10, anime (<data_root>/anime) or folder (--data_root itself)")
-    parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself (class sub-folders become labels)")
-    parser.add_argument("--img_size", type=image_size, help="height and width of the images: 4..7 times a power of two, at least 16 (default: 32, or 64 for anime and folder)")
-    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 for grey, 3 for RGB; images are converted (default: 1 for digits, mnist, fashion, else 3)")
-    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data (default: per data set, 650 for digits)")
-    parser.add_argument("--n_iters", type=common.positive_int, help="stop after this many generator steps (default: no limit)")
+    parser = common.ArgumentParser(description="Train WGAN (Arjovsky et al. 2017).", dataset_defaults=DATASET_DEFAULTS)
+    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images")
+    parser.add_argument("--data_root", default="data", help="where data sets are kept; the folder for folder")
+    parser.add_argument("--img_size", type=image_size, help="image height and width (default: per data set)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 grey, 3 RGB (default: per data set)")
+    parser.add_argument("--n_iters", type=common.positive_int, help="generator steps (default: per data set)")
+    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data; --n_iters wins")
     parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
-    parser.add_argument("--lr", type=common.positive_float, default=5e-5, help="RMSprop learning rate of both nets (paper: 0.00005)")
-    parser.add_argument("--n_critic", type=common.positive_int, default=5, help="critic steps per generator step (paper: 5)")
-    parser.add_argument("--n_critic_boost", type=common.nonnegative_int, default=100, help="critic steps before each of the first 25 and every 500th generator step, as in the authors' code (0: always --n_critic)")
-    parser.add_argument("--clip_value", type=common.positive_float, default=0.01, help="critic weights are clipped to [-clip_value, clip_value] (paper: 0.01)")
-    parser.add_argument("--log_grad_norms", action="store_true", help="also log the critic's gradient norm ||grad_x D(x)|| at real and at fake images each step (an extra backward pass each): the quantity behind WGAN-GP's case against clipping")
-    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
-    parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z (default: 64, 32 for digits: 3.5x faster per step, which buys the many steps clipping needs)")
-    parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in the critic's first layer; doubles per layer (default: 64, 32 for digits, as --ngf)")
-    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast where the device supports it, else float16 with loss scaling (CUDA GPUs; slower on most CPUs)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA GPUs: faster steps after a compile of a minute or so)")
-    parser.add_argument("--nan_policy", choices=("stop", "skip"), default="stop", help=f"on a NaN or infinite loss: stop, keeping the last good checkpoint, or skip that update and go on; {common.MAX_SKIPPED_IN_A_ROW} skipped updates without a finite step in between stop the run")
-    parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
-    parser.add_argument("--out", default="runs", help="folder that receives the run folder")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
-    parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/cuBLAS kernels for reproducible GPU runs (slower); CPU runs with the same --seed are reproducible anyway")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--sync_bn", action="store_true", help="under torchrun: BatchNorm normalises with the statistics of all processes' batches together (SyncBatchNorm, CUDA GPUs only), as one big batch would; slower")
-    parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
-    parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
-    common.add_evaluation_args(parser)
+    parser.add_argument("--lr", type=common.positive_float, default=5e-5, help="RMSprop learning rate (paper: 5e-5)")
+    parser.add_argument("--n_critic", type=common.positive_int, default=5, help="critic steps per G step (paper: 5)")
+    parser.add_argument("--n_critic_boost", type=common.nonnegative_int, default=100, help="early critic steps; 0: off")
+    parser.add_argument("--clip_value", type=common.positive_float, default=0.01, help="weight clip c (paper: 0.01)")
+    parser.add_argument("--log_grad_norms", action="store_true", help="log ||grad_x D|| at reals and fakes")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (paper: 100)")
+    parser.add_argument("--ngf", type=common.positive_int, default=64, help="G's width at its last hidden layer")
+    parser.add_argument("--ndf", type=common.positive_int, default=64, help="the critic's width at its first layer")
+    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between grids")
+    common.add_run_args(parser)
     return parser.parse_args(argv)
 
 
@@ -87,7 +72,7 @@ def image_size(text):
     size = common.positive_int(text)
     base, doublings = conv_plan(size)
     if not (4 <= base <= 7 and doublings >= 2):
-        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, at least 16 (e.g. 28, 32, 64, 96, 128)")
+        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, >= 16")
     return size
 
 
@@ -102,7 +87,8 @@ class Generator(nn.Module):
         # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
         layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
         for _ in range(doublings - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2)]
+            layers += [nn.ReLU(True)]
             width //= 2
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # no BatchNorm at the output
         self.net = nn.Sequential(*layers)
@@ -121,7 +107,8 @@ class Critic(nn.Module):
         layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
         width = ndf
         for _ in range(doublings - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2)]
+            layers += [nn.LeakyReLU(0.2, True)]
             width *= 2
         # An unbounded score, not a probability: the critic estimates a distance, not a class.
         layers += [nn.Conv2d(width, 1, base, 1, 0)]
@@ -143,7 +130,7 @@ def init_weights(module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss
+# Losses
 # ----------------------------------------------------------------------------------------------
 def critic_loss(d_real, d_fake):
     """E[D(G(z))] - E[D(x)]: minus the critic's estimate of the Wasserstein distance."""
@@ -156,25 +143,18 @@ def generator_loss(d_fake):
 
 
 def clip_weights(critic, clip_value):
-    """w <- clip(w, -c, c) for every critic parameter: a crude way to keep D in a family of
-    K-Lipschitz functions, as the paper itself says; WGAN-GP replaces it with a penalty."""
-    with torch.no_grad():
-        for param in critic.parameters():
-            param.clamp_(-clip_value, clip_value)
+    """w <- clip(w, -c, c) for every critic weight: the paper's own "clearly terrible" way to keep D Lipschitz."""
+    for param in critic.parameters():
+        param.data.clamp_(-clip_value, clip_value)  # in place, unseen by autograd, as in the authors' code
 
 
 def critic_steps(step, n_critic, n_critic_boost):
-    """Critic steps before generator step `step` + 1. The authors' code trains the critic much
-    longer for the first 25 generator steps and every 500th, so that its W estimate, and with it
-    the generator's gradient, comes from a critic close to optimal."""
-    if n_critic_boost and (step < 25 or step % 500 == 0):
-        return n_critic_boost
-    return n_critic
+    """Critic steps before generator step `step` + 1: the boost for the first 25 and every 500th, as the authors do."""
+    return n_critic_boost if n_critic_boost and (step < 25 or step % 500 == 0) else n_critic
 
 
 def input_gradient_norm(critic, images):
-    """Mean over the batch of ||grad_x D(x)||_2: the critic's slope at the images. Logged at real
-    and fake batches by --log_grad_norms, to compare weight clipping with the gradient penalty."""
+    """||grad_x D(x)||_2 averaged over the batch, the critic's slope at the images (--log_grad_norms)."""
     images = images.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(images).sum(), images)
     return grad.flatten(1).norm(2, dim=1).mean()
@@ -184,137 +164,77 @@ def input_gradient_norm(critic, images):
 # Training
 # ----------------------------------------------------------------------------------------------
 def train(opt):
-    common.seed_everything(opt.seed, opt.deterministic)
-    device = common.get_device(opt.device)
-    # Distributed (torchrun): join the other processes, one per GPU, each with its own seed; a plain run goes on as it was.
-    device = common.init_distributed(opt, device)
+    device = common.setup(opt)  # seeded; under torchrun, one process per GPU
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
-    evaluator = common.Evaluator(opt, data, device)  # --fid/--fcd nets load now: a missing download fails before training
-    run = common.Run(opt, __file__)
+    opt.n_iters = opt.n_iters or opt.n_epochs * len(batches) // opt.n_critic  # --n_epochs as generator steps
+    run = common.Run(opt, __file__, data, device)
 
     generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
     discriminator = Critic(opt.channels, opt.img_size, opt.ndf).to(device)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
-    # Distributed (torchrun): every process starts from rank 0's weights and steps with the gradients averaged over all.
-    generator, discriminator = common.distribute(opt, generator, discriminator)
-    # RMSprop, not Adam: the paper found momentum made the critic's training unstable, its loss being
-    # a moving target; RMSprop is known to do well on such nonstationary problems.
-    if opt.compile:  # in place: the state_dict keys, and so the checkpoints, stay the same
-        generator.compile()
-        discriminator.compile()
-    optimizer_G = torch.optim.RMSprop(generator.parameters(), lr=opt.lr)
-    optimizer_D = torch.optim.RMSprop(discriminator.parameters(), lr=opt.lr)
-    # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
-    precision = common.Precision(opt.amp, device)
-    scaler_D, scaler_G = precision.scaler(), precision.scaler()
-    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D, scaler_D=scaler_D, scaler_G=scaler_G)
+    clip_weights(discriminator, opt.clip_value)  # the first update too starts clipped: BatchNorm gains are near 1
+    generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
+    optimizer_G = torch.optim.RMSprop(generator.parameters(), opt.lr)  # not Adam: momentum made the critic unstable
+    optimizer_D = torch.optim.RMSprop(discriminator.parameters(), opt.lr)
+    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)  # --amp: half-precision passes
+    scaling = opt.amp and autocast.fast_dtype == torch.float16  # float16 (where bfloat16 is missing) scales the losses
+    scaler_D = torch.amp.GradScaler(device.type, enabled=scaling)
+    scaler_G = torch.amp.GradScaler(device.type, enabled=scaling)
+    fixed_z = torch.randn(64, opt.latent_dim, device=device)  # the same z for every grid: how G(z) evolves
+    state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
+    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z)
+    start = run.restore(state)
 
-    # The same noise for every sample grid, so the grids show how G(z) evolves for fixed z.
-    fixed_z = torch.randn(64, opt.latent_dim, device=device)
-    # d_steps runs on across epochs: the D steps of one generator step may straddle an epoch's end.
-    step, epoch, batch, d_steps, seconds = 0, 0, 0, 0, 0.0
-    if opt.resume:
-        checkpoint = run.restore(saved)
-        step, epoch, batch, d_steps, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"], checkpoint["seconds"]
-        fixed_z = checkpoint["fixed_z"].to(device)
-
-    def save_samples():
-        # Sampled in training mode, with the batch's own BatchNorm statistics, as during training.
-        with torch.no_grad():
-            run.save_samples(generator(fixed_z), step)
-
-    def save_checkpoint():
-        run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
-
-    def generate(n, rng):
-        """n fakes from noise drawn from `rng`, for --fid/--fcd and --save_fakes: (images, labels or None)."""
+    def fakes(generator, n, rng):
+        """n fakes of `generator` from noise drawn from `rng`, for scoring and --save_fakes: (images, labels)."""
         return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng)), None
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
-        print(f"wrote {opt.generate} fakes into {evaluator.save_fakes(generate, opt.generate, run.dir / 'fakes')}")
-        return run
+        return run.scorer.write_fakes(run, generator, fakes, opt.generate)
 
-    print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
-    n_iters = opt.n_iters or float("inf")
-    start = time.perf_counter() - seconds
-    with common.GracefulInterrupt() as interrupt:
-        while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
-            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True, disable=not common.is_main())
-            for real, _ in progress:
-                batch += 1
-                # ---------------------
-                #  Train Critic
-                # ---------------------
-                with precision.autocast():
-                    z = torch.randn(real.size(0), opt.latent_dim, device=device)
-                    with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
-                        fake = generator(z)
-                    d_real, d_fake = discriminator(real), discriminator(fake)
-                    loss_D = critic_loss(d_real, d_fake)
-                optimizer_D.zero_grad(set_to_none=True)
-                scaler_D.scale(loss_D).backward()
-                if run.accepts(loss_D):  # under --nan_policy skip a NaN/Inf loss changes no weight
-                    scaler_D.step(optimizer_D)
-                    scaler_D.update()
-                    clip_weights(discriminator, opt.clip_value)
-                d_steps += 1
-                if d_steps < critic_steps(step, opt.n_critic, opt.n_critic_boost):
-                    continue
-                d_steps = 0
+    print(
+        f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels} on {device}; folder {run.dir}"
+    )
+    real_batches = iter(batches)
+    for step in run.progress(start):
+        # ---------------------
+        #  Train Critic
+        # ---------------------
+        for _ in range(critic_steps(step - 1, opt.n_critic, opt.n_critic_boost)):
+            real, _ = next(real_batches)
+            z = torch.randn(real.size(0), opt.latent_dim, device=device)
+            with autocast:
+                with torch.no_grad():  # to the critic the fakes are constants: no graph through G is needed
+                    fake = generator(z)
+                d_real, d_fake = discriminator(real), discriminator(fake)
+                loss_D = critic_loss(d_real, d_fake)
+            optimizer_D.zero_grad(set_to_none=True)
+            scaler_D.scale(loss_D).backward()
+            scaler_D.step(optimizer_D)
+            scaler_D.update()
+            clip_weights(discriminator, opt.clip_value)
 
-                # -----------------
-                #  Train Generator
-                # -----------------
-                with precision.autocast():
-                    z = torch.randn(real.size(0), opt.latent_dim, device=device)
-                    loss_G = generator_loss(discriminator(generator(z)))
-                optimizer_G.zero_grad(set_to_none=True)
-                scaler_G.scale(loss_G).backward()
-                if run.accepts(loss_G):
-                    scaler_G.step(optimizer_G)
-                    scaler_G.update()
-                step += 1
+        # -----------------
+        #  Train Generator
+        # -----------------
+        z = torch.randn(real.size(0), opt.latent_dim, device=device)
+        with autocast, common.frozen(discriminator) as frozen_D:  # only G's weights need gradients here
+            loss_G = generator_loss(frozen_D(generator(z)))
+        optimizer_G.zero_grad(set_to_none=True)
+        scaler_G.scale(loss_G).backward()
+        scaler_G.step(optimizer_G)
+        scaler_G.update()
 
-                # ---------------------
-                #  Log, sample, stop
-                # ---------------------
-                seconds = time.perf_counter() - start
-                values = torch.stack([loss_D, loss_G, d_real.mean() - d_fake.mean()]).tolist()
-                metrics = dict(zip(("loss_D", "loss_G", "W_estimate"), values))
-                if opt.log_grad_norms:
-                    metrics.update(grad_norm_real=input_gradient_norm(discriminator, real).item(), grad_norm_fake=input_gradient_norm(discriminator, fake).item())
-                run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
-                progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
-                if step % opt.sample_interval == 0:
-                    save_samples()
-                if opt.fid_interval and step % opt.fid_interval == 0:
-                    run.log_eval(step, evaluator.score(generate, step))
-                if step % opt.checkpoint_interval == 0:
-                    save_checkpoint()
-                if step >= n_iters or interrupt.requested:
-                    break
-            progress.close()
-            if batch == len(batches):  # a whole epoch: summarise it and start the next from its first batch
-                tqdm.write(f"epoch {epoch + 1}/{opt.n_epochs}  step {step}  {run.epoch_summary()}  {seconds:.0f}s")
-                epoch, batch = epoch + 1, 0
-            save_checkpoint()
-
-    if step % opt.sample_interval:
-        save_samples()
-    if interrupt.requested:
-        print(f"stopped at step {step}; continue with: {run.resume_command}")
-        raise KeyboardInterrupt
-    if evaluator:
-        run.log_eval(step, evaluator.score(generate, step))
-    if opt.save_fakes:
-        evaluator.save_fakes(generate, opt.save_fakes, run.dir / "fakes")
-    run.finish(step, seconds)
-    print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
-    return run
+        at = dict(real=real, fake=fake) if opt.log_grad_norms else {}  # through the bare critic: DDP would wait
+        norms = {f"grad_norm_{name}": input_gradient_norm(common.unwrap(discriminator), x) for name, x in at.items()}
+        run.log(step, loss_D=loss_D, loss_G=loss_G, W_estimate=-critic_loss(d_real, d_fake), **norms)
+        run.sample(step, generator, fixed_z)
+        run.score(step, generator, fakes)
+        run.checkpoint(step, state)
+    return run.finish(generator, fakes)
 
 
 if __name__ == "__main__":
-    with common.friendly_errors():
-        train(parse_args())
+    common.main(train, parse_args)

@@ -1,72 +1,57 @@
 """WGAN-GP: Wasserstein GAN with gradient penalty.
 
-Paper: Gulrajani, Ahmed, Arjovsky, Dumoulin & Courville, "Improved Training of Wasserstein GANs",
-NeurIPS 2017, arXiv:1704.00028.
+Paper: Gulrajani, Ahmed, Arjovsky, Dumoulin & Courville, "Improved Training of Wasserstein GANs", arXiv:1704.00028.
 
-Objective: the critic D minimises
-    L_D = E_z[D(G(z))] - E_x[D(x)] + lambda * E_xhat[(||grad_xhat D(xhat)||_2 - 1)^2]
-    xhat = eps * x + (1 - eps) * G(z),  eps ~ U[0, 1] per sample,  lambda = 10
-and the generator minimises L_G = -E_z[D(G(z))]. E_x[D(x)] - E_z[D(G(z))] estimates the Wasserstein
-distance between the data and the generator's distribution, up to the critic's Lipschitz constant.
+Objective: G minimises -E_z[D(G(z))], the critic D this (minus its first two terms, W_estimate, estimates W):
+    L_D = E_z[D(G(z))] - E_x[D(x)] + lambda * E_xhat[(||grad_xhat D(xhat)||_2 - 1)^2],  xhat = eps x + (1 - eps) G(z)
+with lambda = 10, eps ~ U[0, 1] per sample: an optimal critic has gradient norm 1 on the lines between reals and fakes.
 
-Changes from DCGAN: the critic outputs an unbounded score (no sigmoid, no log) and has no
-BatchNorm, the 1-Lipschitz constraint is a soft penalty on the critic's gradient norm at random
-points between real and fake images (instead of WGAN's weight clipping), 5 critic steps per
-generator step, and Adam with lr 1e-4, betas (0, 0.9), the paper's defaults.
+Changes from DCGAN: an unbounded score (no sigmoid, no log) and no BatchNorm in the critic (layer norm instead); the
+penalty at points between reals and fakes (not WGAN's clipping); 5 critic steps a generator step; Adam 1e-4, (0, 0.9).
 
 Run:
     python wgan_gp.py                                                # scikit-learn digits, CPU minutes
-    python wgan_gp.py --dataset mnist --data_root data               # downloads MNIST into data/
-    python wgan_gp.py --dataset folder --data_root faces/ --img_size 64
-    python wgan_gp.py --resume runs/wgan_gp_digits_20260101-120000  # continue a run
-    torchrun --standalone --nproc_per_node=4 wgan_gp.py             # 4 GPUs of one machine; see the README
+    torchrun --standalone --nproc_per_node=4 wgan_gp.py             # 4 GPUs of one machine
 """
 
 import argparse
-import os
-import time
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 import common
 
+# Generator steps (--n_iters): digits 300 passes at 5 batches a step, width 32 (3x faster a step); else DCGAN's / 5.
+DATASET_DEFAULTS = {
+    "digits": dict(n_iters=1680, ngf=32, ndf=32),
+    "mnist": dict(n_iters=3750),
+    "fashion": dict(n_iters=3750),
+    "cifar10": dict(n_iters=4680),
+    "anime": dict(n_iters=1600),
+    "folder": dict(n_iters=1600),
+}
+
 
 def parse_args(argv=None):
-    # Five critic batches per generator step: on the small digits set, 300 epochs give 1,680 generator
-    # steps. At width 64, 500 steps gave soft digits; width 32 is about 3x faster per step and enough
-    # for 8x8 digits, so digits get more steps instead.
-    parser = common.ArgumentParser(description="Train a WGAN-GP (Gulrajani et al. 2017).", dataset_defaults={"digits": dict(n_epochs=300, ngf=32, ndf=32)})
-    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images: digits (bundled with scikit-learn), mnist, fashion, cifar10, anime (<data_root>/anime) or folder (--data_root itself)")
-    parser.add_argument("--data_root", default="data", help="where data sets are stored or downloaded; with --dataset folder, the image folder itself (class sub-folders become labels)")
-    parser.add_argument("--img_size", type=image_size, help="height and width of the images: 4..7 times a power of two, at least 16 (default: 32, or 64 for anime and folder)")
-    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 for grey, 3 for RGB; images are converted (default: 1 for digits, mnist, fashion, else 3)")
-    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data (default: per data set, 300 for digits)")
-    parser.add_argument("--n_iters", type=common.positive_int, help="stop after this many generator steps (default: no limit)")
+    parser = common.ArgumentParser(description="Train WGAN-GP (Gulrajani et al.).", dataset_defaults=DATASET_DEFAULTS)
+    parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images")
+    parser.add_argument("--data_root", default="data", help="where data sets are kept; the folder for folder")
+    parser.add_argument("--img_size", type=image_size, help="image height and width (default: per data set)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 grey, 3 RGB (default: per data set)")
+    parser.add_argument("--n_iters", type=common.positive_int, help="generator steps (default: per data set)")
+    parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data; --n_iters wins")
     parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
-    parser.add_argument("--lr", type=common.positive_float, default=1e-4, help="Adam learning rate of both nets (paper: 0.0001)")
+    parser.add_argument("--lr", type=common.positive_float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
     parser.add_argument("--b1", type=common.adam_beta, default=0.0, help="Adam beta1 (paper: 0)")
     parser.add_argument("--b2", type=common.adam_beta, default=0.9, help="Adam beta2 (paper: 0.9)")
-    parser.add_argument("--n_critic", type=common.positive_int, default=5, help="critic steps per generator step (paper: 5)")
-    parser.add_argument("--lambda_gp", type=common.nonnegative_float, default=10.0, help="weight lambda of the gradient penalty (paper: 10)")
-    parser.add_argument("--log_grad_norms", action="store_true", help="also log the critic's gradient norm ||grad_x D(x)|| at real and at fake images each step (an extra backward pass each): the quantity behind WGAN-GP's case against clipping")
-    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="dimension of the noise z (paper: 100)")
-    parser.add_argument("--ngf", type=common.positive_int, default=64, help="feature maps in G's last hidden layer; doubles per layer towards z (default: 64, 32 for digits: 3x faster per step, which buys more steps)")
-    parser.add_argument("--ndf", type=common.positive_int, default=64, help="feature maps in the critic's first layer; doubles per layer (default: 64, 32 for digits, as --ngf)")
-    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between sample grids (default: per data set, 200 for digits)")
-    parser.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast where the device supports it, else float16 with loss scaling (CUDA GPUs; slower on most CPUs)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA GPUs: faster steps after a compile of a minute or so)")
-    parser.add_argument("--nan_policy", choices=("stop", "skip"), default="stop", help=f"on a NaN or infinite loss: stop, keeping the last good checkpoint, or skip that update and go on; {common.MAX_SKIPPED_IN_A_ROW} skipped updates without a finite step in between stop the run")
-    parser.add_argument("--checkpoint_interval", type=common.positive_int, default=500, help="generator steps between checkpoints, also written at every epoch end, on Ctrl-C and at the end")
-    parser.add_argument("--out", default="runs", help="folder that receives the run folder")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (data order, init, noise)")
-    parser.add_argument("--deterministic", action="store_true", help="deterministic cuDNN/cuBLAS kernels for reproducible GPU runs (slower); CPU runs with the same --seed are reproducible anyway")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--sync_bn", action="store_true", help="under torchrun: BatchNorm normalises with the statistics of all processes' batches together (SyncBatchNorm, CUDA GPUs only), as one big batch would; slower")
-    parser.add_argument("--n_cpu", type=common.nonnegative_int, default=min(8, os.cpu_count() or 1), help="data-loading worker processes for folders too large to hold in memory")
-    parser.add_argument("--resume", help="a run folder (or its checkpoint.pt) to continue from where it stopped")
-    common.add_evaluation_args(parser)
+    parser.add_argument("--n_critic", type=common.positive_int, default=5, help="critic steps per G step (paper: 5)")
+    parser.add_argument("--lambda_gp", type=common.nonnegative_float, default=10.0, help="penalty weight (paper: 10)")
+    parser.add_argument("--log_grad_norms", action="store_true", help="log ||grad_x D|| at reals and fakes")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (paper: 100)")
+    parser.add_argument("--ngf", type=common.positive_int, default=64, help="G's width at its last hidden layer")
+    parser.add_argument("--ndf", type=common.positive_int, default=64, help="the critic's width at its first layer")
+    parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between grids")
+    common.add_run_args(parser)
     return parser.parse_args(argv)
 
 
@@ -86,7 +71,7 @@ def image_size(text):
     size = common.positive_int(text)
     base, doublings = conv_plan(size)
     if not (4 <= base <= 7 and doublings >= 2):
-        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, at least 16 (e.g. 28, 32, 64, 96, 128)")
+        raise argparse.ArgumentTypeError(f"{size} cannot be made by doubling: use 4..7 times a power of two, >= 16")
     return size
 
 
@@ -101,7 +86,8 @@ class Generator(nn.Module):
         # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
         layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
         for _ in range(doublings - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2)]
+            layers += [nn.ReLU(True)]
             width //= 2
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # no BatchNorm at the output
         self.net = nn.Sequential(*layers)
@@ -111,20 +97,17 @@ class Generator(nn.Module):
 
 
 class Critic(nn.Module):
-    """image -> score: stride-2 convolutions halve the size and double the width, LeakyReLU(0.2),
-    layer normalisation on every layer but the first, then a base x base convolution to one number.
-
-    No BatchNorm: the penalty constrains the gradient of D(xhat) with respect to each xhat on its
-    own, and BatchNorm would make every output depend on the whole batch. GroupNorm with one group
-    is layer normalisation over C x H x W, the replacement the paper recommends."""
+    """image -> score: stride-2 convolutions halve the size and double the width, LeakyReLU(0.2), layer norm (one
+    GroupNorm group, the paper's advice) after all but the first; no BatchNorm, which ties each score to the batch."""
 
     def __init__(self, channels, img_size, ndf):
         super().__init__()
         base, doublings = conv_plan(img_size)
-        layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
+        layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no normalisation at the input
         width = ndf
         for _ in range(doublings - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.GroupNorm(1, width * 2), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.GroupNorm(1, width * 2)]
+            layers += [nn.LeakyReLU(0.2, True)]
             width *= 2
         # An unbounded score, not a probability: the critic estimates a distance, not a class.
         layers += [nn.Conv2d(width, 1, base, 1, 0)]
@@ -146,7 +129,7 @@ def init_weights(module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Loss
+# Losses
 # ----------------------------------------------------------------------------------------------
 def critic_loss(d_real, d_fake):
     """E[D(G(z))] - E[D(x)]: minus the critic's estimate of the Wasserstein distance."""
@@ -159,23 +142,19 @@ def generator_loss(d_fake):
 
 
 def gradient_penalty(critic, real, fake):
-    """E[(||grad_xhat D(xhat)||_2 - 1)^2] at xhat = eps * x + (1 - eps) * G(z), eps ~ U[0, 1] per
-    sample, the norm over all of C x H x W; also returns the mean norm. An optimal critic has
-    gradient norm 1 almost everywhere on the lines between real and fake samples."""
+    """E[(||grad_xhat D(xhat)||_2 - 1)^2], xhat = eps x + (1 - eps) G(z), norms over C x H x W; and the mean norm."""
     eps = torch.rand(real.size(0), 1, 1, 1, device=real.device)
     # In float32 even under --amp: a half-precision double backward loses the penalty's small gradients.
     with torch.autocast(real.device.type, enabled=False):
         xhat = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
-        # Summing the scores gives each sample's own gradient, as no sample's score depends on another's.
-        # create_graph: the penalty is itself minimised, so its gradient must be differentiable.
+        # The summed scores' gradient holds each sample's own; create_graph: the penalty is minimised through it.
         (grad,) = torch.autograd.grad(critic(xhat).sum(), xhat, create_graph=True)
         norm = grad.flatten(1).norm(2, dim=1)
         return ((norm - 1) ** 2).mean(), norm.mean()
 
 
 def input_gradient_norm(critic, images):
-    """Mean over the batch of ||grad_x D(x)||_2: the critic's slope at the images. Logged at real
-    and fake batches by --log_grad_norms, to compare weight clipping with the gradient penalty."""
+    """||grad_x D(x)||_2 averaged over the batch, the critic's slope at the images (--log_grad_norms)."""
     images = images.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(images).sum(), images)
     return grad.flatten(1).norm(2, dim=1).mean()
@@ -185,133 +164,77 @@ def input_gradient_norm(critic, images):
 # Training
 # ----------------------------------------------------------------------------------------------
 def train(opt):
-    common.seed_everything(opt.seed, opt.deterministic)
-    device = common.get_device(opt.device)
-    # Distributed (torchrun): join the other processes, one per GPU, each with its own seed; a plain run goes on as it was.
-    device = common.init_distributed(opt, device)
+    device = common.setup(opt)  # seeded; under torchrun, one process per GPU
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
-    evaluator = common.Evaluator(opt, data, device)  # --fid/--fcd nets load now: a missing download fails before training
-    run = common.Run(opt, __file__)
+    opt.n_iters = opt.n_iters or opt.n_epochs * len(batches) // opt.n_critic  # --n_epochs as generator steps
+    run = common.Run(opt, __file__, data, device)
 
     generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
     discriminator = Critic(opt.channels, opt.img_size, opt.ndf).to(device)
     generator.apply(init_weights)
     discriminator.apply(init_weights)
-    # Distributed (torchrun): every process starts from rank 0's weights and steps with the gradients averaged over all.
-    generator, discriminator = common.distribute(opt, generator, discriminator)
-    if opt.compile:  # the critic stays eager: compiled code has no double backward for its penalty
-        generator.compile()
-    optimizer_G = torch.optim.Adam(generator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
-    optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=opt.lr, betas=(opt.b1, opt.b2), fused=device.type == "cuda")
-    # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
-    precision = common.Precision(opt.amp, device)
-    scaler_D, scaler_G = precision.scaler(), precision.scaler()
-    saved = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D, scaler_D=scaler_D, scaler_G=scaler_G)
+    # --compile leaves the critic eager: compiled code has no double backward, which the penalty needs.
+    generator, discriminator = common.distribute(opt, generator, discriminator, compile=(opt.compile, False))
+    optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
+    optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
+    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)  # --amp: half-precision passes
+    scaling = opt.amp and autocast.fast_dtype == torch.float16  # float16 (where bfloat16 is missing) scales the losses
+    scaler_D = torch.amp.GradScaler(device.type, enabled=scaling)
+    scaler_G = torch.amp.GradScaler(device.type, enabled=scaling)
+    fixed_z = torch.randn(64, opt.latent_dim, device=device)  # the same z for every grid: how G(z) evolves
+    state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
+    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z)
+    start = run.restore(state)
 
-    # The same noise for every sample grid, so the grids show how G(z) evolves for fixed z.
-    fixed_z = torch.randn(64, opt.latent_dim, device=device)
-    # d_steps runs on across epochs: the D steps of one generator step may straddle an epoch's end.
-    step, epoch, batch, d_steps, seconds = 0, 0, 0, 0, 0.0
-    if opt.resume:
-        checkpoint = run.restore(saved)
-        step, epoch, batch, d_steps, seconds = checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"], checkpoint["seconds"]
-        fixed_z = checkpoint["fixed_z"].to(device)
-
-    def save_samples():
-        # Sampled in training mode, with the batch's own BatchNorm statistics, as during training.
-        with torch.no_grad():
-            run.save_samples(generator(fixed_z), step)
-
-    def save_checkpoint():
-        run.save_checkpoint(saved, opt, step=step, epoch=epoch, batch=batch, d_steps=d_steps, fixed_z=fixed_z, seconds=seconds)
-
-    def generate(n, rng):
-        """n fakes from noise drawn from `rng`, for --fid/--fcd and --save_fakes: (images, labels or None)."""
+    def fakes(generator, n, rng):
+        """n fakes of `generator` from noise drawn from `rng`, for scoring and --save_fakes: (images, labels)."""
         return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng)), None
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
-        print(f"wrote {opt.generate} fakes into {evaluator.save_fakes(generate, opt.generate, run.dir / 'fakes')}")
-        return run
+        return run.scorer.write_fakes(run, generator, fakes, opt.generate)
 
-    print(f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}, {len(batches)} batches per epoch, on {device}; run folder {run.dir}")
-    n_iters = opt.n_iters or float("inf")
-    start = time.perf_counter() - seconds
-    with common.GracefulInterrupt() as interrupt:
-        while epoch < opt.n_epochs and step < n_iters and not interrupt.requested:
-            progress = tqdm(batches.epoch(epoch, skip=batch), total=len(batches) - batch, desc=f"epoch {epoch + 1}/{opt.n_epochs}", leave=False, dynamic_ncols=True, disable=not common.is_main())
-            for real, _ in progress:
-                batch += 1
-                # ---------------------
-                #  Train Critic
-                # ---------------------
-                with precision.autocast():
-                    z = torch.randn(real.size(0), opt.latent_dim, device=device)
-                    with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
-                        fake = generator(z)
-                    d_real, d_fake = discriminator(real), discriminator(fake)
-                    penalty, grad_norm = gradient_penalty(discriminator, real, fake)
-                    loss_D = critic_loss(d_real, d_fake) + opt.lambda_gp * penalty
-                optimizer_D.zero_grad(set_to_none=True)
-                scaler_D.scale(loss_D).backward()
-                if run.accepts(loss_D):  # under --nan_policy skip a NaN/Inf loss changes no weight
-                    scaler_D.step(optimizer_D)
-                    scaler_D.update()
-                d_steps += 1
-                if d_steps % opt.n_critic:
-                    continue
+    print(
+        f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels} on {device}; folder {run.dir}"
+    )
+    real_batches = iter(batches)
+    for step in run.progress(start):
+        # ---------------------
+        #  Train Critic
+        # ---------------------
+        for _ in range(opt.n_critic):
+            real, _ = next(real_batches)
+            z = torch.randn(real.size(0), opt.latent_dim, device=device)
+            with autocast:
+                with torch.no_grad():  # to the critic the fakes are constants: no graph through G is needed
+                    fake = generator(z)
+                d_real, d_fake = discriminator(real), discriminator(fake)
+                penalty, at_xhat = gradient_penalty(discriminator, real, fake)  # at_xhat: the mean norm
+                loss_D = critic_loss(d_real, d_fake) + opt.lambda_gp * penalty
+            optimizer_D.zero_grad(set_to_none=True)
+            scaler_D.scale(loss_D).backward()
+            scaler_D.step(optimizer_D)
+            scaler_D.update()
 
-                # -----------------
-                #  Train Generator
-                # -----------------
-                with precision.autocast():
-                    z = torch.randn(real.size(0), opt.latent_dim, device=device)
-                    loss_G = generator_loss(discriminator(generator(z)))
-                optimizer_G.zero_grad(set_to_none=True)
-                scaler_G.scale(loss_G).backward()
-                if run.accepts(loss_G):
-                    scaler_G.step(optimizer_G)
-                    scaler_G.update()
-                step += 1
+        # -----------------
+        #  Train Generator
+        # -----------------
+        z = torch.randn(real.size(0), opt.latent_dim, device=device)
+        with autocast, common.frozen(discriminator) as frozen_D:  # only G's weights need gradients here
+            loss_G = generator_loss(frozen_D(generator(z)))
+        optimizer_G.zero_grad(set_to_none=True)
+        scaler_G.scale(loss_G).backward()
+        scaler_G.step(optimizer_G)
+        scaler_G.update()
 
-                # ---------------------
-                #  Log, sample, stop
-                # ---------------------
-                seconds = time.perf_counter() - start
-                values = torch.stack([loss_D, loss_G, d_real.mean() - d_fake.mean(), grad_norm]).tolist()
-                metrics = dict(zip(("loss_D", "loss_G", "W_estimate", "grad_norm"), values))
-                if opt.log_grad_norms:
-                    metrics.update(grad_norm_real=input_gradient_norm(discriminator, real).item(), grad_norm_fake=input_gradient_norm(discriminator, fake).item())
-                run.log(step=step, epoch=epoch + 1, **metrics, seconds=seconds)
-                progress.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()}, refresh=False)
-                if step % opt.sample_interval == 0:
-                    save_samples()
-                if opt.fid_interval and step % opt.fid_interval == 0:
-                    run.log_eval(step, evaluator.score(generate, step))
-                if step % opt.checkpoint_interval == 0:
-                    save_checkpoint()
-                if step >= n_iters or interrupt.requested:
-                    break
-            progress.close()
-            if batch == len(batches):  # a whole epoch: summarise it and start the next from its first batch
-                tqdm.write(f"epoch {epoch + 1}/{opt.n_epochs}  step {step}  {run.epoch_summary()}  {seconds:.0f}s")
-                epoch, batch = epoch + 1, 0
-            save_checkpoint()
-
-    if step % opt.sample_interval:
-        save_samples()
-    if interrupt.requested:
-        print(f"stopped at step {step}; continue with: {run.resume_command}")
-        raise KeyboardInterrupt
-    if evaluator:
-        run.log_eval(step, evaluator.score(generate, step))
-    if opt.save_fakes:
-        evaluator.save_fakes(generate, opt.save_fakes, run.dir / "fakes")
-    run.finish(step, seconds)
-    print(f"done: {step} generator steps in {seconds:.0f}s; samples and checkpoint in {run.dir}")
-    return run
+        at = dict(real=real, fake=fake) if opt.log_grad_norms else {}  # through the bare critic: DDP would wait
+        norms = {f"grad_norm_{name}": input_gradient_norm(common.unwrap(discriminator), x) for name, x in at.items()}
+        run.log(step, loss_D=loss_D, loss_G=loss_G, W_estimate=-critic_loss(d_real, d_fake), grad_norm=at_xhat, **norms)
+        run.sample(step, generator, fixed_z)
+        run.score(step, generator, fakes)
+        run.checkpoint(step, state)
+    return run.finish(generator, fakes)
 
 
 if __name__ == "__main__":
-    with common.friendly_errors():
-        train(parse_args())
+    common.main(train, parse_args)

@@ -1,13 +1,27 @@
-"""began.py: k_t stays in [0, 1], the nets fit every accepted size, the lr decays on a stalled M,
-the digits' own defaults."""
+"""began.py: the losses and the k_t controller as in the paper, k_t stays in [0, 1] and resumes, the nets
+fit every accepted size, the lr decays on a stalled M, the digits' own defaults."""
 
 import pytest
 import torch
-
-import began
 from conftest import read_metrics, train_script
 
+import began
+
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--n_filters", 4, "--h_dim", 8, "--sample_interval", 2]
+
+
+def test_losses_and_controller_by_hand():
+    """On fixed numbers: L(v) = mean |v - D(v)|, L_D = L(x) - k_t L(G(z)), k_t's step and M."""
+    images = torch.tensor([[0.5, -1.0], [0.25, 2.0]])
+    halving = lambda v: v / 2  # noqa: E731 - a "discriminator" whose reconstruction errors are known
+    assert began.reconstruction_loss(images, halving).item() == pytest.approx((0.25 + 0.5 + 0.125 + 1.0) / 4)
+    loss_real, loss_fake, k_t = torch.tensor(0.3), torch.tensor(0.8), torch.tensor(0.25)
+    assert began.discriminator_loss(loss_real, loss_fake, k_t).item() == pytest.approx(0.3 - 0.25 * 0.8)
+    # k_t + lambda_k (gamma L(x) - L(G(z))): 0.25 + 0.1 (0.5 * 0.3 - 0.1) = 0.255, and with the fakes
+    # reconstructed worse than gamma L(x) it falls: 0.25 + 0.1 (0.15 - 0.8) = 0.185.
+    assert began.update_k(k_t, loss_real, torch.tensor(0.1), 0.5, 0.1).item() == pytest.approx(0.255)
+    assert began.update_k(k_t, loss_real, loss_fake, 0.5, 0.1).item() == pytest.approx(0.185)
+    assert began.convergence_measure(loss_real, loss_fake, 0.5).item() == pytest.approx(0.3 + abs(0.15 - 0.8))
 
 
 def test_k_t_is_clipped_to_the_unit_interval():
@@ -18,22 +32,60 @@ def test_k_t_is_clipped_to_the_unit_interval():
     assert began.convergence_measure(one, zero, 0.5) == pytest.approx(1.5)
 
 
+def test_training_follows_the_equations(tmp_path):
+    """Each logged step: loss_D = L(x) - k_{t-1} L(G(z_D)), k_t = clip(k_{t-1} + lambda_k (gamma L(x) -
+    L(G(z_D))), 0, 1) and M = L(x) + |gamma L(x) - L(G(z_D))|, from the same D step's numbers."""
+    gamma, lambda_k = 0.7, 0.5
+    run = train_script("began", tmp_path, *TINY, "--gamma", gamma, "--lambda_k", lambda_k, "--n_iters", 8)
+    k_before = 0.0
+    for row in read_metrics(run.dir):
+        loss_D, L_x, L_G_z, k_t, M = (float(row[key]) for key in ("loss_D", "L_x", "L_G_z", "k_t", "M"))
+        assert loss_D == pytest.approx(L_x - k_before * L_G_z, rel=1e-4, abs=1e-5)
+        assert k_t == pytest.approx(min(max(k_before + lambda_k * (gamma * L_x - L_G_z), 0), 1), rel=1e-4, abs=1e-5)
+        assert M == pytest.approx(L_x + abs(gamma * L_x - L_G_z), rel=1e-4)
+        k_before = k_t
+    assert k_before > 0
+
+
 def test_k_t_stays_in_unit_interval_while_training(tmp_path):
     run = train_script("began", tmp_path, *TINY, "--lambda_k", 10, "--n_iters", 4)  # a huge lambda_k hits the bounds
     k = [float(row["k_t"]) for row in read_metrics(run.dir)]
     assert all(0.0 <= value <= 1.0 for value in k) and max(k) > 0
-    assert torch.load(run.checkpoint_path, weights_only=False)["k_t"] == k[-1]
+    assert torch.load(run.checkpoint_path, weights_only=True)["k_t"].item() == pytest.approx(k[-1], rel=1e-5)
 
 
-@pytest.mark.parametrize("argv, expected", [
-    ([], (16, 1.0, 0.01)),  # digits: the settings that keep G from collapsing onto one stroke
-    (["--dataset", "mnist"], (32, 0.5, 0.001)),  # every other data set: the paper's
-    (["--dataset", "folder"], (64, 0.5, 0.001)),
-    (["--gamma", "0.5", "--lambda_k", "0.001", "--img_size", "32"], (32, 0.5, 0.001)),  # flags win
-])
+def test_k_t_and_the_lr_schedule_resume_exactly(tmp_path):
+    """k_t (a tensor updated in place) and the plateau schedulers' counts are in the checkpoint and restored:
+    stopped at step 3, the run halves its lr at step 4 as the straight run does."""
+    args = [*TINY, "--lambda_k", 0.5, "--lr_patience", 1]
+    straight = train_script("began", tmp_path / "a", *args, "--n_iters", 8)
+    first = train_script("began", tmp_path / "b", *args, "--n_iters", 3)
+    checkpoint = torch.load(first.checkpoint_path, weights_only=True)
+    assert (
+        checkpoint["k_t"] > 0
+        and checkpoint["scheduler_G"]["num_bad_epochs"] == checkpoint["scheduler_D"]["num_bad_epochs"]
+    )
+    train_script("began", tmp_path / "c", "--resume", first.dir, "--n_iters", 8)
+    rows = read_metrics(straight.dir)
+    assert read_metrics(first.dir) == rows
+    assert float(rows[2]["lr"]) == 1e-4 > float(rows[3]["lr"])  # the halving right after the stop needs the counts
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], (2240, 16, 1.0, 0.01)),  # digits: the settings that keep G from collapsing onto one stroke
+        (["--dataset", "mnist"], (18750, 32, 0.5, 0.001)),  # every other data set: the paper's
+        (["--dataset", "folder"], (8000, 64, 0.5, 0.001)),
+        (
+            ["--gamma", "0.5", "--lambda_k", "0.001", "--img_size", "32", "--n_iters", "9"],
+            (9, 32, 0.5, 0.001),
+        ),  # flags win
+    ],
+)
 def test_digits_have_their_own_defaults(argv, expected):
     opt = began.parse_args(argv)
-    assert (opt.img_size, opt.gamma, opt.lambda_k) == expected
+    assert (opt.n_iters, opt.img_size, opt.gamma, opt.lambda_k) == expected
 
 
 @pytest.mark.parametrize("size", [16, 28, 32, 48, 64, 96])
@@ -56,3 +108,12 @@ def test_learning_rate_halves_only_when_asked(tmp_path):
     assert lrs[0] == 1e-4 and min(lrs) < 1e-4 and lrs == sorted(lrs, reverse=True)
     constant = train_script("began", tmp_path / "b", *TINY, "--lr_patience", 0, "--n_iters", 8)
     assert {float(row["lr"]) for row in read_metrics(constant.dir)} == {1e-4}
+
+
+def test_lego_photos(shared_data, tmp_path):
+    """Real photos of varied sizes (../shared/data/lego, skipped where absent), colour, at 16 x 16."""
+    run = train_script(
+        "began", tmp_path, *TINY, "--dataset", "folder", "--data_root", shared_data / "lego", "--n_iters", 2
+    )
+    assert [int(row["step"]) for row in read_metrics(run.dir)] == [1, 2]
+    assert torch.load(run.checkpoint_path, weights_only=True)["args"]["channels"] == 3

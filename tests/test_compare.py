@@ -5,13 +5,14 @@ import json
 import shutil
 
 import pytest
+from conftest import ROOT, train_script
 from matplotlib.figure import Figure
 from PIL import Image
+from test_scripts import SCRIPTS, TINY
 
 import common
 import compare
-from conftest import ROOT, train_script
-from test_scripts import SCRIPTS, TINY
+import plots
 
 # Flags for every compared script: tiny nets, and few fakes per score.
 TINY_FLAGS = "--batch_size 8 --latent_dim 8 --ngf 8 --ndf 8 --sample_interval 2 --fid_samples 64"
@@ -23,18 +24,21 @@ def scoring_root(tmp_path_factory):
     return tmp_path_factory.mktemp("scoring_data")
 
 
-@pytest.mark.parametrize("script, panel", [("dcgan", "mean discriminator output"), ("wgan", "Wasserstein"), ("began", "convergence measure M")])
+@pytest.mark.parametrize(
+    "script, panel",
+    [("dcgan", "mean discriminator output"), ("wgan", "Wasserstein"), ("began", "convergence measure M")],
+)
 def test_save_plots_draws_the_losses_and_the_progress(script, panel, tmp_path):
     run = train_script(script, tmp_path, *TINY, *SCRIPTS[script], "--n_iters", 6)
     for name in ("losses.png", "progress.gif"):  # drawn by finish() at the end; drawn again on demand
         (run.dir / name).unlink(missing_ok=True)
 
-    assert sorted(path.name for path in common.save_plots(run.dir)) == ["losses.png", "progress.gif"]
+    assert sorted(path.name for path in plots.save_plots(run.dir)) == ["losses.png", "progress.gif"]
     with Image.open(run.dir / "losses.png") as image:
         assert image.format == "PNG" and image.width >= 600
     with Image.open(run.dir / "progress.gif") as gif:
         assert gif.format == "GIF" and gif.n_frames == 3  # the grids of steps 2, 4 and 6
-    titles = [title for title, _, _ in common.loss_panels(common.metrics_series(run.dir))]
+    titles = [title for title, _, _ in plots.loss_panels(plots.metrics_series(run.dir))]
     assert titles[0] == "losses" and any(panel in title for title in titles)
 
 
@@ -44,9 +48,9 @@ def test_progress_gif_keeps_at_most_sixty_frames(tmp_path):
     for step in range(4, 302, 2):
         shutil.copy(grid, grid.with_name(f"{step:07d}.png"))
 
-    common.save_plots(run.dir)
+    plots.save_plots(run.dir)
     with Image.open(run.dir / "progress.gif") as gif:
-        assert gif.n_frames == common.GIF_FRAMES
+        assert gif.n_frames == plots.GIF_FRAMES
 
 
 def test_a_plot_that_cannot_be_written_costs_one_warning_line(tmp_path, capsys):
@@ -55,21 +59,31 @@ def test_a_plot_that_cannot_be_written_costs_one_warning_line(tmp_path, capsys):
     (run.dir / "losses.png").mkdir()  # savefig cannot write over a folder
     capsys.readouterr()
 
-    assert [path.name for path in common.save_plots(run.dir)] == ["progress.gif"]
+    assert [path.name for path in plots.save_plots(run.dir)] == ["progress.gif"]
     err = capsys.readouterr().err
     assert err.startswith("warning: no losses.png") and err.count("\n") == 1 and "Traceback" not in err
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory, scoring_root):
-    """compare.py on dcgan and lsgan for 4 tiny steps, and on a cgan.py that crashes at once: the
-    scripts come from a folder holding links to the real ones and the crashing stand-in."""
-    scripts = tmp_path_factory.mktemp("scripts")
-    for name in ("dcgan.py", "lsgan.py", "common.py"):
-        (scripts / name).symlink_to(ROOT / name)
-    (scripts / "cgan.py").write_text("import sys\nprint('Traceback (most recent call last):\\nRuntimeError: boom', file=sys.stderr)\nsys.exit(1)\n")
+def scripts(tmp_path_factory):
+    """A folder of links to the real dcgan.py and lsgan.py and the modules they import, and a cgan.py
+    that crashes at once; compare.py runs the scripts it finds there."""
+    folder = tmp_path_factory.mktemp("scripts")
+    for name in ("dcgan.py", "lsgan.py", "common.py", "scoring.py", "plots.py", "anime.py"):
+        (folder / name).symlink_to(ROOT / name)
+    crash = (
+        "import sys\nprint('Traceback (most recent call last):\\nRuntimeError: boom', file=sys.stderr)\nsys.exit(1)\n"
+    )
+    (folder / "cgan.py").write_text(crash)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, scoring_root, scripts):
+    """compare.py on dcgan and lsgan for 4 tiny steps, and on the cgan.py that crashes."""
     out = tmp_path_factory.mktemp("compare")
-    argv = ["--scripts", "dcgan", "lsgan", "cgan", "--img_size", "16", "--steps", "4", "--evals", "2", "--script_args", TINY_FLAGS, "--out", str(out), "--data_root", str(scoring_root)]
+    argv = ["--scripts", "dcgan", "lsgan", "cgan", "--img_size", "16", "--steps", "4", "--evals", "2"]
+    argv += ["--script_args", TINY_FLAGS, "--out", str(out), "--data_root", str(scoring_root)]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(compare, "ROOT", scripts)
         compare.main(compare.parse_args(argv))
@@ -79,7 +93,9 @@ def compared(tmp_path_factory, scoring_root):
 def test_compare_writes_the_table_and_figures(compared):
     folder, _ = compared
     table = (folder / "results.md").read_text()
-    rows = {line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    rows = {
+        line.split("|")[2].strip(): line for line in table.splitlines() if line.startswith("| ") and "---" not in line
+    }
     assert {"dcgan", "lsgan", "cgan", "*uniform noise*"} <= set(rows)
     for script in ("dcgan", "lsgan"):
         cells = [cell.strip() for cell in rows[script].split("|")[1:-1]]
@@ -90,7 +106,7 @@ def test_compare_writes_the_table_and_figures(compared):
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["step"] == 4
         assert json.loads((run_dir / "config.json").read_text())["img_size"] == 16  # compare.py's one size for all
-        scored = common.metrics_series(run_dir)["fcd"][0]
+        scored = plots.metrics_series(run_dir)["fcd"][0]
         assert list(scored) == [2, 4]  # --evals 2: every 2 steps, the last at the end
     assert "failed" in rows["cgan"] and "RuntimeError: boom" in rows["cgan"]
     for name in ("grids.png", "quality_vs_time.png"):
@@ -118,7 +134,10 @@ def test_plot_redraws_one_run(compared, capsys):
 
 
 def test_critic_pictures(tmp_path):
-    runs = {script: train_script(script, tmp_path, *TINY, *SCRIPTS[script], "--n_iters", 4, "--log_grad_norms").dir for script in ("wgan", "wgan_gp")}
+    runs = {
+        script: train_script(script, tmp_path, *TINY, *SCRIPTS[script], "--n_iters", 4, "--log_grad_norms").dir
+        for script in ("wgan", "wgan_gp")
+    }
     written = compare.plot_critics(runs, tmp_path, Figure)
     assert [path.name for path in written] == ["critic_weights.png", "critic_grad_norms.png"]
     for path in written:
@@ -126,15 +145,21 @@ def test_critic_pictures(tmp_path):
             assert image.format == "PNG"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--scripts", "dcgan", "nosuch"], "invalid choice: 'nosuch'"),
-    (["--script_args", "nosuch: --lr 1"], "'nosuch' is not a script"),
-    (["--script_args", "--n_iters 5"], "compare.py sets --n_iters itself"),
-    (["--script_args", "began: --img_size 16"], "compare.py sets --img_size itself"),
-    (["--script_args", "--lr '1"], "No closing quotation"),
-    (["--steps", "5", "--minutes", "1"], "not allowed with argument"),
-    (["--steps", "0"], "out of range"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--scripts", "dcgan", "nosuch"], "invalid choice: 'nosuch'"),
+        (["--script_args", "nosuch: --lr 1"], "'nosuch' is not a script"),
+        (["--script_args", "--n_iters 5"], "compare.py sets --n_iters itself"),
+        (["--script_args", "began: --img_size 16"], "compare.py sets --img_size itself"),
+        (["--script_args", "--lr '1"], "No closing quotation"),
+        (["--steps", "5", "--minutes", "1"], "not allowed with argument"),
+        (["--steps", "0"], "out of range"),
+        (["--script_args", "--n_epochs 2"], "compare.py sets --n_epochs itself"),  # the budget is in steps
+        (["--script_args", "dcgan: --n_it 5"], "compare.py sets --n_iters itself"),  # an abbreviation of it
+        (["--scr", "dcgan"], "unrecognized arguments: --scr"),  # no abbreviations of its own flags either
+    ],
+)
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit:
         compare.parse_args(argv)
@@ -149,8 +174,40 @@ def test_plot_of_a_folder_that_is_no_run(tmp_path):
 
 def test_missing_data_stops_the_comparison(tmp_path):
     """A script's usage error (exit code 2) would hit every script: compare.py stops with it, as a
-    UsageError that friendly_errors prints in one line with exit code 2."""
-    argv = ["--dataset", "folder", "--data_root", str(tmp_path / "missing"), "--scripts", "dcgan", "lsgan", "--out", str(tmp_path)]
-    with pytest.raises(common.UsageError, match=r"^dcgan.py stopped: --data_root .*missing does not exist"):
+    UsageError that common.main prints in one line with exit code 2."""
+    missing = str(tmp_path / "missing")
+    argv = ["--dataset", "folder", "--data_root", missing, "--scripts", "dcgan", "lsgan", "--out", str(tmp_path)]
+    with pytest.raises(common.UsageError, match=r"^dcgan.py stopped: --data_root .*missing is not a folder"):
         compare.main(compare.parse_args(argv))
     assert not list((tmp_path / "folder" / "logs").glob("lsgan.*"))  # lsgan never started
+
+
+def test_script_args_and_the_one_image_size():
+    opt = compare.parse_args(["--script_args", "--lr 1e-3", "--script_args", "lsgan: --coding pearson"])
+    assert opt.extra["dcgan"] == ["--lr", "1e-3"] and opt.extra["lsgan"] == ["--lr", "1e-3", "--coding", "pearson"]
+    assert opt.img_size == 32 and compare.parse_args(["--dataset", "folder"]).img_size == 64
+
+
+def test_a_time_budget_stops_each_run_and_scores_where_it_stopped(tmp_path, scoring_root, scripts, monkeypatch, capsys):
+    """--minutes: the run trains until its time is up (a Ctrl-C: checkpoint, exit code 130), then
+    `--resume RUN --n_iters STEP` trains nothing and scores it. Run again once its summary is lost, the
+    spent budget only scores it again."""
+    monkeypatch.setattr(compare, "ROOT", scripts)
+    argv = ["--scripts", "dcgan", "--minutes", "0.05", "--evals", "1", "--img_size", "16"]
+    argv += ["--script_args", TINY_FLAGS, "--out", str(tmp_path), "--data_root", str(scoring_root)]
+    compare.main(compare.parse_args(argv))
+
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "digits" / "runs").iterdir()
+    step = common.load_checkpoint(run_dir)["step"]
+    assert f"dcgan: 0.05 minutes are up at step {step}; scoring it" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["step"] == step and summary["fcd"] > 0
+    assert list(plots.metrics_series(run_dir)["fcd"][0]) == [step]  # scored once, where it stopped
+    assert common.load_checkpoint(run_dir)["args"]["n_iters"] == compare.TIME_BUDGET_STEPS  # the clock ended it
+    assert f"| dcgan | {step} |" in (tmp_path / "digits" / "results.md").read_text()
+
+    (run_dir / "summary.json").unlink()  # as if the comparison had been stopped while it scored
+    compare.main(compare.parse_args(argv))
+    assert f"dcgan: continuing {run_dir} from step {step}" in capsys.readouterr().out
+    assert json.loads((run_dir / "summary.json").read_text())["step"] == step

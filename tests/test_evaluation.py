@@ -1,19 +1,24 @@
 """Scoring samples: FID through the real pytorch-fid pipeline (Inception at random initialisation,
-since its weights cannot be downloaded here), the offline classifier measure, fakes on disk."""
+since its weights cannot be downloaded here), the offline classifier measure, fakes on disk, and that
+nothing scoring reads (caches, Inception weights) is ever unpickled."""
 
+import hashlib
 import json
+import os
+import shlex
 import sys
 import urllib.error
 
-import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import read_metrics, train_script, write_images
 from PIL import Image
 
 import common
 import dcgan
-from conftest import read_metrics, train_script, write_images
+import plots
+import scoring
 
 TINY = ["--img_size", 16, "--batch_size", 16, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--sample_interval", 2]
 CPU = torch.device("cpu")
@@ -35,6 +40,13 @@ def inception_weights(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def stand_in(inception_weights, monkeypatch):
+    """The stand-in weights, with their SHA-256 pinned in place of the real file's."""
+    monkeypatch.setattr(scoring, "FID_SHA256", hashlib.sha256(inception_weights.read_bytes()).hexdigest())
+    return inception_weights
+
+
 @pytest.fixture(scope="session")
 def scoring_root(tmp_path_factory):
     """A --data_root whose fid_stats cache is shared by the tests, so the classifier trains once."""
@@ -45,77 +57,115 @@ def scoring_root(tmp_path_factory):
 def small_fid(monkeypatch):
     """The 64-d features of Inception's first block instead of the 2048-d pool: the same pipeline
     and the same properties, without a minute of matrix square roots per distance on 2 CPU cores."""
-    monkeypatch.setattr(common, "FID_DIMS", 64)
+    monkeypatch.setattr(scoring, "FID_DIMS", 64)
+
+
+class Exploit:
+    """Pickled, it runs a shell command when unpickled: what weights_only=True must refuse."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+class Sink:
+    """What Scorer.score writes into, standing in for a run (as compare.py's does)."""
+
+    tensorboard, seconds, scores = None, 0.0, {}
+
+    def append(self, name, row):
+        pass
 
 
 def digits(n, size=16):
-    return common.Batches._to_float(common.load_images("digits", "unused", size, 1).images[:n])
+    return common.load_images("digits", "unused", size, 1).images[:n].float().div(127.5).sub(1)
 
 
-def test_fid_is_zero_for_the_same_images_and_grows_with_noise(inception_weights, small_fid):
-    evaluator = common.Evaluator.__new__(common.Evaluator)
-    evaluator.inception = common.inception_model(str(inception_weights), CPU)
+def scorer(*args, root):
+    opt = dcgan.parse_args([*map(str, TINY), "--data_root", str(root), *map(str, args)])
+    return scoring.Scorer(opt, common.load_images("digits", "unused", 16, 1), CPU)
+
+
+def test_fid_is_zero_for_the_same_images_and_grows_with_noise(stand_in, small_fid):
+    measure = scoring.Scorer.__new__(scoring.Scorer)
+    measure.inception = scoring.inception(str(stand_in), CPU)
     real = digits(24)
-    real_stats = common.feature_stats(evaluator.inception_features(real))
+    real_stats = scoring.statistics(measure.inception_features(real))
     torch.manual_seed(0)
     noise = torch.randn_like(real)
-    distances = [common.frechet_distance(common.feature_stats(evaluator.inception_features(real + scale * noise)), real_stats) for scale in (0.0, 0.2, 1.0)]
+    distances = [
+        scoring.frechet_distance(scoring.statistics(measure.inception_features(real + scale * noise)), real_stats)
+        for scale in (0.0, 0.2, 1.0)
+    ]
     assert abs(distances[0]) < 1e-3 * distances[1]
     assert 0 < distances[1] < distances[2]
 
 
-def test_fid_is_logged_and_its_real_statistics_cached(tmp_path, inception_weights, small_fid):
-    run = train_script("dcgan", tmp_path / "run", *TINY, "--n_iters", 2, "--fid", "--fid_weights", inception_weights, "--fid_samples", 16, "--data_root", tmp_path)
-    rows = read_metrics(run.dir)
-    assert rows[0]["fid"] == "" and float(rows[1]["fid"]) > 0
+def test_fid_is_logged_and_its_real_statistics_cached(tmp_path, stand_in, small_fid):
+    args = ["--n_iters", 2, "--fid", "--fid_weights", stand_in, "--fid_samples", 16, "--data_root", tmp_path]
+    run = train_script("dcgan", tmp_path / "run", *TINY, *args)
+    (row,) = read_metrics(run.dir, "scores.csv")
+    assert list(row) == ["step", "fid"] and row["step"] == "2" and float(row["fid"]) > 0
     summary = json.loads((run.dir / "summary.json").read_text())
     assert summary["step"] == 2 and summary["samples"] == "samples/0000002.png"
-    assert summary["fid"] == pytest.approx(float(rows[1]["fid"]), rel=1e-5)
+    assert summary["fid"] == pytest.approx(float(row["fid"]), rel=1e-5)
 
-    # The real statistics were cached as pytorch-fid's .npz, and equal a fresh computation.
-    (cached,) = (tmp_path / "fid_stats").glob("inception64_digits_16x1_16.npz")
-    evaluator = common.Evaluator(run.opt, common.load_images("digits", "unused", 16, 1), CPU)
-    fresh = common.feature_stats(torch.cat([evaluator.inception_features(images) for images in evaluator._real_batches(16)]))
-    with np.load(cached) as stats:
-        assert np.allclose(stats["mu"], fresh[0]) and np.allclose(stats["sigma"], fresh[1])
+    # The real statistics were cached as tensors, and equal a fresh computation.
+    cached = torch.load(tmp_path / "fid_stats" / "inception64_digits_16x1_16.pt", weights_only=True)
+    fresh = scoring.statistics(run.scorer._real(run.scorer.inception_features))
+    assert all(torch.allclose(a, b) for a, b in zip(cached, fresh))
 
 
 def test_scores_at_intervals_leave_training_unchanged(tmp_path, scoring_root):
-    scored = train_script("dcgan", tmp_path / "scored", *TINY, "--n_iters", 4, "--fcd", "--fid_interval", 2, "--fid_samples", 32, "--data_root", scoring_root)
+    args = ["--n_iters", 4, "--fcd", "--fid_interval", 2, "--fid_samples", 32, "--data_root", scoring_root]
+    scored = train_script("dcgan", tmp_path / "scored", *TINY, *args)
     plain = train_script("dcgan", tmp_path / "plain", *TINY, "--n_iters", 4)
-    rows = read_metrics(scored.dir)
-    assert [bool(row["fcd"]) for row in rows] == [False, True, False, True]
-    assert float(rows[3]["fcd"]) > 0 and 0 <= float(rows[3]["confident"]) <= 1 and 0 <= int(rows[3]["classes"]) <= 10
+    rows = read_metrics(scored.dir, "scores.csv")
+    assert [row["step"] for row in rows] == ["2", "4"] and list(rows[0]) == ["step", "fcd", "confident", "classes"]
+    assert float(rows[1]["fcd"]) > 0 and 0 <= float(rows[1]["confident"]) <= 1 and 0 <= int(rows[1]["classes"]) <= 10
     # Scoring draws its noise from a stream of its own: the training is exactly the same without it.
-    columns = list(read_metrics(plain.dir)[0])
-    assert [{k: row[k] for k in columns} for row in rows] == read_metrics(plain.dir)
+    assert read_metrics(scored.dir) == read_metrics(plain.dir)
 
 
 def test_classifier_measure_tells_digits_from_noise(scoring_root):
-    opt = dcgan.parse_args(["--fcd", "--img_size", "16", "--fid_samples", "256", "--data_root", str(scoring_root)])
-    evaluator = common.Evaluator(opt, common.load_images("digits", "unused", 16, 1), CPU)
-    saved = torch.load(scoring_root / "fid_stats" / "classifier_digits_16x1.pt", weights_only=False)
+    measure = scorer("--fcd", "--fid_samples", 256, root=scoring_root)
+    saved = torch.load(scoring_root / "fid_stats" / "classifier_digits_16x1.pt", weights_only=True)
     assert saved["accuracy"] > 0.9  # on the tenth of the digits held out from its training
 
-    real = digits(256)
-    from_real = evaluator.score(lambda n, rng: (real[torch.randint(256, (n,), generator=rng)], None), step=1)
-    from_noise = evaluator.score(lambda n, rng: (torch.rand(n, 1, 16, 16, generator=rng) * 2 - 1, None), step=2)
-    assert from_real["fcd"] < from_noise["fcd"] / 10
+    real, sink = digits(256), Sink()
+    measure.score(
+        sink, 1, torch.nn.Identity(), lambda net, n, rng: (real[torch.randint(256, (n,), generator=rng)], None)
+    )
+    from_real = sink.scores
+    measure.score(
+        sink, 2, torch.nn.Identity(), lambda net, n, rng: (torch.rand(n, 1, 16, 16, generator=rng) * 2 - 1, None)
+    )
+    assert from_real["fcd"] < sink.scores["fcd"] / 10
     assert from_real["confident"] > 0.8 and from_real["classes"] == 10
 
 
-def test_save_fakes_per_class_and_generate_from_a_checkpoint(tmp_path):
-    run = train_script("cgan", tmp_path, *TINY, "--n_iters", 2, "--save_fakes", 25)
-    files = sorted((run.dir / "fakes").rglob("*.png"))
-    assert len(files) == 25 and {f.parent.name for f in files} == {str(d) for d in range(10)}
+def test_save_fakes_per_class_and_generate_from_a_checkpoint(tmp_path, monkeypatch, scoring_root):
+    args = ["--n_iters", 2, "--save_fakes", 5, "--fcd", "--fid_samples", 16, "--data_root", scoring_root]
+    run = train_script("dcgan", tmp_path, *TINY, *args)
+    files = sorted((run.dir / "fakes").glob("*.png"))
+    assert len(files) == 5
     with Image.open(files[0]) as image:
         assert image.size == (16, 16) and image.mode == "L"
 
-    again = train_script("dcgan", tmp_path / "dcgan", *TINY, "--n_iters", 2)
-    before = read_metrics(again.dir)
-    train_script("dcgan", tmp_path / "unused", "--resume", again.dir, "--generate", 7)
-    assert len(list((again.dir / "fakes").glob("*.png"))) == 7
-    assert read_metrics(again.dir) == before  # no training happened
+    before = read_metrics(run.dir)
+    monkeypatch.delattr(scoring.Scorer, "_classifier")  # --generate writes fakes: it builds nothing to score
+    train_script("dcgan", tmp_path / "unused", "--resume", run.dir, "--generate", 7)
+    assert len(list((run.dir / "fakes").glob("*.png"))) == 7
+    assert read_metrics(run.dir) == before  # no training happened
+
+    def labelled(net, n, rng):  # as cgan's fakes: with their classes
+        return torch.rand(n, 1, 16, 16, generator=rng) * 2 - 1, torch.arange(n) % 10
+
+    run.scorer.write_fakes(run, torch.nn.Identity(), labelled, 25)
+    files = [path for path in (run.dir / "fakes").rglob("*.png") if path.parent.name != "fakes"]
+    assert len(files) == 25 and {path.parent.name for path in files} == {str(d) for d in range(10)}
 
 
 def test_missing_inception_weights_offline_is_one_clear_line(tmp_path, monkeypatch):
@@ -125,14 +175,75 @@ def test_missing_inception_weights_offline_is_one_clear_line(tmp_path, monkeypat
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(common.UsageError, match=f"--fid needs pytorch-fid's Inception weights {common.FID_WEIGHTS} and could not download them .*name resolution.*into {tmp_path / 'hub'}.*--fid_weights PATH"):
-        common.inception_model(None, CPU)
+    with pytest.raises(
+        common.UsageError, match=f"Inception weights {scoring.FID_WEIGHTS} and could not download"
+    ) as error:
+        scoring.inception(None, CPU)
+    assert "name resolution" in str(error.value) and "\n" not in str(error.value)
+    assert f"put {scoring.FID_WEIGHTS_URL} into {tmp_path / 'hub' / 'checkpoints'}, or pass --fid_weights" in str(
+        error.value
+    )
+
+
+@pytest.mark.parametrize("where", ["--fid_weights", "torch.hub's cache"])
+def test_wrong_inception_weights_are_one_line_and_never_unpickled(tmp_path, monkeypatch, capsys, stand_in, where):
+    """A file of another SHA-256 is refused before it is read: its pickle, which would run code, never is."""
+    torch.save({"weight": Exploit(marker := tmp_path / "ran")}, evil := tmp_path / "evil.pth")
+    args = ["--n_iters", 1, "--fid", "--out", tmp_path / "runs"]
+    if where == "--fid_weights":
+        args += ["--fid_weights", evil]
+    else:
+        monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+        (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+        evil = evil.rename(tmp_path / "hub" / "checkpoints" / scoring.FID_WEIGHTS)
+    monkeypatch.setattr(sys, "argv", ["dcgan.py"])
+    with pytest.raises(SystemExit) as exit:
+        common.main(dcgan.train, lambda: dcgan.parse_args([*TINY, *args]))
+    assert exit.value.code == 2 and not marker.exists()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"{evil} is not pytorch-fid's Inception weights (SHA-256" in line and scoring.FID_SHA256[:16] in line
+    assert ("pass --fid_weights a copy of" if where == "--fid_weights" else "delete it to download it again") in line
+
+
+def test_inception_weights_of_the_pinned_digest_are_still_read_as_weights_only(tmp_path, monkeypatch):
+    torch.save({"weight": Exploit(marker := tmp_path / "ran")}, evil := tmp_path / "evil.pth")
+    monkeypatch.setattr(scoring, "FID_SHA256", hashlib.sha256(evil.read_bytes()).hexdigest())
+    with pytest.raises(common.UsageError, match="does not hold Inception weights .it holds Python objects"):
+        scoring.inception(str(evil), CPU)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["classifier", "inception"])
+def test_a_cache_that_would_run_code_is_recomputed_with_one_warning(
+    tmp_path, monkeypatch, capsys, stand_in, small_fid, kind
+):
+    monkeypatch.setattr(scoring.train_classifier, "__defaults__", (20, 64))  # a classifier, not a good one
+    args = ["--fcd"] if kind == "classifier" else ["--fid", "--fid_weights", stand_in]
+    good = scorer(*args, "--fid_samples", 16, root=tmp_path)
+    (path,) = (tmp_path / "fid_stats").glob(f"{kind}*.pt")
+    torch.save({"classifier": Exploit(marker := tmp_path / "ran")}, path)
+    capsys.readouterr()
+
+    again = scorer(*args, "--fid_samples", 16, root=tmp_path)
+    assert not marker.exists()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings == [f"warning: recomputing {path}: it holds Python objects, never unpickled here"]
+    torch.load(path, weights_only=True)  # replaced by a good one
+    if kind == "classifier":
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(good.classifier.state_dict().values(), again.classifier.state_dict().values())
+        )
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(good.fid_stats, again.fid_stats))
 
 
 def test_fcd_on_unlabelled_data_is_refused(tmp_path):
     write_images(tmp_path / "faces", 40)
-    with pytest.raises(common.UsageError, match="--fcd needs labelled data"):
-        train_script("dcgan", tmp_path, *TINY, "--dataset", "folder", "--data_root", tmp_path / "faces", "--fcd", "--channels", 3)
+    args = ["--dataset", "folder", "--data_root", tmp_path / "faces", "--fcd", "--channels", 3]
+    with pytest.raises(common.UsageError, match="--fcd needs labelled data") as error:
+        train_script("dcgan", tmp_path, *TINY, *args)
+    assert "\n" not in str(error.value)
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("dcgan_*"))
 
 
@@ -153,10 +264,13 @@ def test_tensorboard_gets_the_metrics_and_grids(tmp_path):
     assert [event.step for event in events.Scalars("train/loss_D")] == [1, 2]
 
 
-def test_a_finished_run_draws_its_plots(tmp_path, monkeypatch):
+def test_a_finished_run_draws_its_plots(tmp_path, monkeypatch, scoring_root):
     monkeypatch.setattr(common.Run, "plots_at_finish", True)
-    run = train_script("dcgan", tmp_path, *TINY, "--n_iters", 4)
+    args = ["--n_iters", 4, "--fcd", "--fid_interval", 2, "--fid_samples", 32, "--data_root", scoring_root]
+    run = train_script("dcgan", tmp_path, *TINY, *args)
     with Image.open(run.dir / "progress.gif") as gif:
         assert gif.n_frames == 2  # the grids of steps 2 and 4
     with Image.open(run.dir / "losses.png") as png:
         assert png.size[0] > 300
+    titles = [title for title, _, _ in plots.loss_panels(plots.metrics_series(run.dir))]
+    assert titles == ["losses", "mean discriminator output", "FCD (classifier features; lower is better)"]

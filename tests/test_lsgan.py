@@ -1,21 +1,24 @@
-"""lsgan.py: the least-squares losses for both codings, the defaults, the models at every size."""
+"""lsgan.py: the least-squares losses for both codings by hand, the coding reaching the losses and the training, the
+defaults, the models at every size."""
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import read_metrics, train_script
 
 import lsgan
-from conftest import train_script
+
+TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
 
 
 def test_losses_match_a_hand_computation():
     d_real, d_fake = torch.tensor([1.0, 3.0]), torch.tensor([0.0, 2.0])
     a, b, c = lsgan.CODINGS["01"]
-    # 1/2 mean(0, 4) + 1/2 mean(0, 4) and 1/2 mean(1, 1)
+    # 1/2 mean((1-1)^2, (3-1)^2) + 1/2 mean((0-0)^2, (2-0)^2) = 1 + 1, and 1/2 mean((0-1)^2, (2-1)^2) = 0.5
     assert lsgan.discriminator_loss(d_real, d_fake, a, b).item() == pytest.approx(2.0)
     assert lsgan.generator_loss(d_fake, c).item() == pytest.approx(0.5)
     a, b, c = lsgan.CODINGS["pearson"]
-    # 1/2 mean(0, 4) + 1/2 mean(1, 9) and 1/2 mean(0, 4)
+    # 1/2 mean((1-1)^2, (3-1)^2) + 1/2 mean((0+1)^2, (2+1)^2) = 1 + 2.5, and 1/2 mean(0^2, 2^2) = 1
     assert lsgan.discriminator_loss(d_real, d_fake, a, b).item() == pytest.approx(3.5)
     assert lsgan.generator_loss(d_fake, c).item() == pytest.approx(1.0)
 
@@ -28,7 +31,7 @@ def test_losses_are_zero_at_the_codes():
 
 def test_paper_defaults_and_codings():
     opt = lsgan.parse_args([])
-    assert (opt.coding, opt.lr, opt.b1, opt.b2, opt.n_critic) == ("01", 2e-4, 0.5, 0.999, 1)
+    assert (opt.coding, opt.lr, opt.b1, opt.b2, opt.n_critic, opt.n_iters) == ("01", 2e-4, 0.5, 0.999, 1, 2240)
     assert lsgan.CODINGS == {"01": (0.0, 1.0, 1.0), "pearson": (-1.0, 1.0, 0.0)}
     assert lsgan.parse_args(["--coding", "pearson"]).coding == "pearson"
 
@@ -48,6 +51,27 @@ def test_models_at_each_size(img_size):
     lsgan.generator_loss(scores, 1.0).backward()
 
 
-def test_pearson_coding_trains(tmp_path):
-    run = train_script("lsgan", tmp_path, "--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--coding", "pearson", "--n_iters", 2)
-    assert torch.load(run.checkpoint_path, weights_only=False)["args"]["coding"] == "pearson"
+@pytest.mark.parametrize("coding", lsgan.CODINGS)
+def test_the_coding_reaches_the_losses(coding, tmp_path, monkeypatch):
+    calls = []
+    d_loss, g_loss = lsgan.discriminator_loss, lsgan.generator_loss
+    monkeypatch.setattr(lsgan, "discriminator_loss", lambda *args: calls.append(("D", *args[2:])) or d_loss(*args))
+    monkeypatch.setattr(lsgan, "generator_loss", lambda *args: calls.append(("G", *args[1:])) or g_loss(*args))
+    run = train_script("lsgan", tmp_path, *TINY, "--coding", coding, "--n_iters", 2)
+    a, b, c = lsgan.CODINGS[coding]
+    assert calls == [("D", a, b), ("G", c)] * 2
+    assert torch.load(run.checkpoint_path, weights_only=True)["args"]["coding"] == coding
+
+
+def test_the_codings_train_differently(tmp_path):
+    runs = {
+        coding: train_script("lsgan", tmp_path / coding, *TINY, "--coding", coding, "--n_iters", 2)
+        for coding in lsgan.CODINGS
+    }
+    metrics = {coding: read_metrics(run.dir) for coding, run in runs.items()}
+    # Same seed, same nets, same first batch: D's scores at step 1 agree, the losses on them do not.
+    assert metrics["01"][0]["D_x"] == metrics["pearson"][0]["D_x"]
+    assert metrics["01"][0]["loss_D"] != metrics["pearson"][0]["loss_D"]
+    assert metrics["01"][0]["loss_G"] != metrics["pearson"][0]["loss_G"]
+    weights = {coding: torch.load(run.checkpoint_path, weights_only=True)["generator"] for coding, run in runs.items()}
+    assert any(not torch.equal(weights["01"][k], weights["pearson"][k]) for k in weights["01"])

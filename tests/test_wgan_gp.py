@@ -1,16 +1,49 @@
-"""wgan_gp.py: the losses and the gradient penalty against hand computations, the critic without BatchNorm."""
+"""wgan_gp.py: the losses and the gradient penalty against hand computations, the penalty in the critic's loss at
+the interpolates (not at the reals, not dropped), the critic without BatchNorm and eager under --compile."""
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import read_metrics, train_script
+from PIL import Image
 
 import wgan_gp
-from conftest import read_metrics, train_script
+
+TINY = ["--img_size", 16, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
+
+
+def piecewise(x):
+    """Per pixel: slope 3 at 1 and above (the reals below), 2 at -1 and below (the fakes), 1 in between."""
+    return torch.where(x >= 1, 3 * x, torch.where(x <= -1, 2 * x, x))
+
+
+class PiecewiseCritic(nn.Module):
+    """D(x) = s * sum of piecewise(x) over the pixels: at 1 x img_size x img_size images its input-gradient norm is
+    3, 2 and 1 times s * img_size at reals (all 1), fakes (all -1) and every point strictly between them."""
+
+    def __init__(self, channels, img_size, ndf):
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(2.0 / img_size))  # norms 6 at reals, 4 at fakes, 2 at the interpolates
+
+    def forward(self, img):
+        return self.s * piecewise(img).flatten(1).sum(1)
+
+
+class ConstantGenerator(nn.Module):
+    """Fakes that are all -1, whatever z; its one weight gets a zero gradient."""
+
+    def __init__(self, latent_dim, channels, img_size, ngf):
+        super().__init__()
+        self.w, self.shape = nn.Parameter(torch.zeros(())), (channels, img_size, img_size)
+
+    def forward(self, z):
+        return torch.full((z.size(0), *self.shape), -1.0, device=z.device) + 0 * self.w
 
 
 def test_losses_match_a_hand_computation():
-    d_real, d_fake = torch.tensor([1.0, 3.0]), torch.tensor([0.5, -0.5])
-    assert wgan_gp.critic_loss(d_real, d_fake).item() == pytest.approx(-2.0)
+    d_real, d_fake = torch.tensor([1.0, 3.0]), torch.tensor([0.5, 1.5])
+    assert wgan_gp.critic_loss(d_real, d_fake).item() == pytest.approx(1.0 - 2.0)  # E[D(G(z))] - E[D(x)]
+    assert wgan_gp.generator_loss(d_fake).item() == pytest.approx(-1.0)  # -E[D(G(z))]
     assert wgan_gp.generator_loss(torch.tensor([1.0, 2.0])).item() == pytest.approx(-1.5)
 
 
@@ -19,7 +52,7 @@ def test_penalty_of_a_linear_critic():
     w = torch.zeros(2, 3, 4)
     w[0, 0, 0] = 3.0
     w.requires_grad_(True)
-    critic = lambda x: (x * w).flatten(1).sum(1)
+    critic = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731
     real, fake = torch.randn(5, 2, 3, 4), torch.randn(5, 2, 3, 4)
     penalty, norm = wgan_gp.gradient_penalty(critic, real, fake)
     assert penalty.item() == pytest.approx(4.0) and norm.item() == pytest.approx(3.0)
@@ -35,10 +68,40 @@ def test_penalty_takes_each_samples_norm_over_all_pixels():
     images = torch.zeros(2, 3, 4, 4)
     images[0, 0, 0, 0], images[0, 2, 3, 3] = 3.0, 4.0  # norm 5 across channels and pixels
     images[1, 1, 2, 1] = 1.0  # norm 1
-    critic = lambda x: x.pow(2).flatten(1).sum(1) / 2
+    critic = lambda x: x.pow(2).flatten(1).sum(1) / 2  # noqa: E731
     penalty, norm = wgan_gp.gradient_penalty(critic, images, images)
     assert penalty.item() == pytest.approx(((5 - 1) ** 2 + 0) / 2)
     assert norm.item() == pytest.approx(3.0)
+
+
+def test_penalty_is_taken_between_reals_and_fakes():
+    # 2x2 images: norms 3 * 2 at the reals, 2 * 2 at the fakes, 1 * 2 strictly between: penalty (2 - 1)^2 = 1
+    # there, where the reals would give 25 and the fakes 9.
+    critic = lambda x: piecewise(x).flatten(1).sum(1)  # noqa: E731
+    real, fake = torch.ones(64, 1, 2, 2), -torch.ones(64, 1, 2, 2)
+    penalty, norm = wgan_gp.gradient_penalty(critic, real, fake)
+    assert (penalty.item(), norm.item()) == (pytest.approx(1.0), pytest.approx(2.0))
+
+
+def test_the_critic_loss_holds_the_penalty_at_the_interpolates(tmp_path, monkeypatch):
+    # White images (all 1) against fakes of all -1, through the piecewise critic at s = 1/8: per sample
+    # D(x) = 3 * 256 / 8 = 96 and D(G(z)) = -2 * 256 / 8 = -64, so W_estimate = 160, and the penalty at the
+    # interpolates is (2 - 1)^2 = 1: loss_D = -160 + 10 * 1. At the reals it would be 25 (loss_D 90); without it -160.
+    for i in range(16):
+        Image.new("L", (16, 16), 255).save(tmp_path / f"white{i}.png")
+    monkeypatch.setattr(wgan_gp, "Critic", PiecewiseCritic)
+    monkeypatch.setattr(wgan_gp, "Generator", ConstantGenerator)
+    data = ["--dataset", "folder", "--data_root", tmp_path, "--channels", 1, "--img_size", 16, "--batch_size", 8]
+    run = train_script(
+        "wgan_gp", tmp_path / "runs", *data, "--n_critic", 1, "--lr", 1e-9, "--n_iters", 1, "--log_grad_norms"
+    )
+    (row,) = read_metrics(run.dir)
+    assert float(row["W_estimate"]) == pytest.approx(160.0)
+    assert float(row["grad_norm"]) == pytest.approx(2.0)
+    assert float(row["loss_D"]) == pytest.approx(-160.0 + 10 * 1.0)
+    assert float(row["loss_G"]) == pytest.approx(64.0)
+    # --log_grad_norms measures at the reals and at the fakes, each its own.
+    assert (float(row["grad_norm_real"]), float(row["grad_norm_fake"])) == (pytest.approx(6.0), pytest.approx(4.0))
 
 
 def test_critic_has_no_batchnorm_and_scores_each_sample_alone():
@@ -48,16 +111,26 @@ def test_critic_has_no_batchnorm_and_scores_each_sample_alone():
     assert torch.allclose(critic(images)[:1], critic(images[:1]), atol=1e-6)
 
 
+def test_compile_leaves_the_critic_eager(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: compiled.append(type(self).__name__))
+    train_script("wgan_gp", tmp_path, *TINY, "--batch_size", 8, "--n_iters", 1, "--compile")
+    assert compiled == ["Generator"]  # compiled code has no double backward for the penalty
+
+
 def test_paper_defaults():
     opt = wgan_gp.parse_args([])
     assert (opt.lr, opt.b1, opt.b2, opt.n_critic, opt.lambda_gp) == (1e-4, 0.0, 0.9, 5, 10.0)
+    assert (opt.n_iters, opt.ngf, opt.ndf) == (1680, 32, 32)  # digits: 300 passes at 5 batches a step, width 32
+    opt = wgan_gp.parse_args(["--dataset", "cifar10"])
+    assert (opt.n_iters, opt.ngf, opt.ndf) == (4680, 64, 64)
 
 
 def test_logs_wasserstein_estimate_and_gradient_norm(tmp_path):
-    run = train_script("wgan_gp", tmp_path, "--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--n_iters", 1)
-    header = run.metrics_path.read_text().splitlines()[0].split(",")
-    assert header == ["step", "epoch", "loss_D", "loss_G", "W_estimate", "grad_norm", "seconds"]
-    assert torch.load(run.checkpoint_path, weights_only=False)["batch"] == 5  # n_critic batches per generator step
+    run = train_script("wgan_gp", tmp_path, *TINY, "--batch_size", 8, "--n_iters", 1)
+    (row,) = read_metrics(run.dir)
+    assert list(row) == ["step", "loss_D", "loss_G", "W_estimate", "grad_norm"]
+    assert torch.load(run.checkpoint_path, weights_only=True)["batches"]["taken"] == 5  # n_critic batches a step
 
 
 @pytest.mark.parametrize("img_size", [28, 64, 96])
@@ -71,9 +144,16 @@ def test_models_at_each_size(img_size):
 
 def test_critic_steps_run_across_epochs(tmp_path):
     # 1797 // 512 = 3 batches per epoch, fewer than the 5 critic steps of one generator step.
-    run = train_script("wgan_gp", tmp_path, "--img_size", 16, "--batch_size", 512, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--n_iters", 2)
-    checkpoint = torch.load(run.checkpoint_path, weights_only=False)
-    assert (checkpoint["step"], checkpoint["epoch"], checkpoint["batch"], checkpoint["d_steps"]) == (2, 3, 1, 10)
+    run = train_script("wgan_gp", tmp_path, *TINY, "--batch_size", 512, "--n_iters", 2)
+    checkpoint = torch.load(run.checkpoint_path, weights_only=True)
+    assert (checkpoint["step"], checkpoint["batches"]["taken"]) == (2, 10)
+
+
+def test_n_epochs_counts_the_critics_batches(tmp_path):
+    # 1797 // 256 = 7 batches per epoch: 3 passes are 21 batches, 4 generator steps of 5 critic batches.
+    run = train_script("wgan_gp", tmp_path, *TINY, "--batch_size", 256, "--n_epochs", 3)
+    checkpoint = torch.load(run.checkpoint_path, weights_only=True)
+    assert (checkpoint["step"], checkpoint["batches"]["taken"]) == (4, 20)
 
 
 @pytest.mark.parametrize("script", ["wgan", "wgan_gp"])
@@ -84,6 +164,7 @@ def test_log_grad_norms_measures_the_critics_slope(script, tmp_path):
     images[0, 0, 0, 0], images[0, 2, 3, 3], images[1, 1, 2, 1] = 3.0, 4.0, 1.0
     assert module.input_gradient_norm(lambda x: x.pow(2).flatten(1).sum(1) / 2, images).item() == pytest.approx(3.0)
 
-    run = train_script(script, tmp_path, "--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--n_critic_boost" if script == "wgan" else "--n_critic", 0 if script == "wgan" else 5, "--n_iters", 2, "--log_grad_norms")
+    schedule = ["--n_critic_boost", 0] if script == "wgan" else []
+    run = train_script(script, tmp_path, *TINY, "--batch_size", 8, *schedule, "--n_iters", 2, "--log_grad_norms")
     rows = read_metrics(run.dir)
     assert len(rows) == 2 and all(float(row["grad_norm_real"]) > 0 and float(row["grad_norm_fake"]) > 0 for row in rows)
