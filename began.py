@@ -44,20 +44,14 @@ import torch.nn as nn
 import common
 
 # Generator steps per data set (--n_iters), as dcgan.py's; the digits' own settings: see the docstring.
-DATASET_DEFAULTS = {
-    "digits": dict(n_iters=2240, img_size=16, gamma=1.0, lambda_k=0.01),
-    "mnist": dict(n_iters=18750),
-    "fashion": dict(n_iters=18750),
-    "cifar10": dict(n_iters=23400),
-    "anime": dict(n_iters=8000),
-    "folder": dict(n_iters=8000),
-}
+DATASET_DEFAULTS = dict(
+    digits=dict(n_iters=2240, img_size=16, gamma=1.0, lambda_k=0.01), mnist=dict(n_iters=18750),
+    fashion=dict(n_iters=18750), cifar10=dict(n_iters=23400), anime=dict(n_iters=8000), folder=dict(n_iters=8000),
+)  # fmt: skip
 
 
 def parse_args(argv=None):
-    parser = common.ArgumentParser(
-        description="Train a BEGAN (Berthelot et al. 2017).", dataset_defaults=DATASET_DEFAULTS
-    )
+    parser = common.ArgumentParser(description="BEGAN (Berthelot et al. 2017)", dataset_defaults=DATASET_DEFAULTS)
     parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images")
     parser.add_argument("--data_root", default="data", help="where data sets are kept; the folder for folder")
     parser.add_argument("--img_size", type=image_size, help="image height and width (default: per data set)")
@@ -80,9 +74,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-# ----------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Models -------------------------------------------------
 def conv_plan(img_size):
     """(base, doublings): scales base, 2 base, ..., img_size; the paper's 8 x 8 for 32, 64..., else 4..8."""
     base, doublings = img_size, 0
@@ -145,9 +137,7 @@ class Discriminator(nn.Module):
         return self.decoder(self.encoder(img))
 
 
-# ----------------------------------------------------------------------------------------------
-# Losses
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Losses -------------------------------------------------
 def reconstruction_loss(images, discriminator):
     """L(v) = mean |v - D(v)|: how badly the auto-encoder D reconstructs the images, pixel-wise L1."""
     return (images - discriminator(images)).abs().mean()
@@ -170,14 +160,12 @@ def convergence_measure(loss_real, loss_fake, gamma):
     return loss_real + (gamma * loss_real - loss_fake).abs()
 
 
-# ----------------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Training -----------------------------------------------
 def train(opt):
     device = common.setup(opt)  # seeded; under torchrun, one process per GPU
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
-    opt.n_iters = opt.n_iters or opt.n_epochs * len(batches) // opt.n_critic  # --n_epochs as generator steps
+    opt.n_iters = opt.n_iters or max(1, opt.n_epochs * len(batches) // opt.n_critic)  # --n_epochs in steps
     run = common.Run(opt, __file__, data, device)
 
     # PyTorch's default initialisation: the paper prescribes none, and there is no BatchNorm to tune.
@@ -188,13 +176,10 @@ def train(opt):
     optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     scheduler_G = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer_G, factor=0.5, patience=opt.lr_patience)
     scheduler_D = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer_D, factor=0.5, patience=opt.lr_patience)
-    # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
-    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)
-    scaling = opt.amp and autocast.fast_dtype == torch.float16
-    scaler_D, scaler_G = (
-        torch.amp.GradScaler(device.type, enabled=scaling),
-        torch.amp.GradScaler(device.type, enabled=scaling),
-    )
+    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)  # --amp: half-precision passes
+    scaling = opt.amp and autocast.fast_dtype == torch.float16  # float16 (where bfloat16 is missing) scales the losses
+    scaler_D = torch.amp.GradScaler(device.type, enabled=scaling)
+    scaler_G = torch.amp.GradScaler(device.type, enabled=scaling)
     fixed_z = torch.rand(64, opt.latent_dim, device=device) * 2 - 1  # the same z for every grid: how G(z) evolves
     k_t = torch.zeros((), device=device)  # updated in place, so that the checkpoint holds and restores it
     state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
@@ -209,8 +194,6 @@ def train(opt):
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
         return run.scorer.write_fakes(run, generator, fakes, opt.generate)
 
-    size = f"{opt.img_size}x{opt.img_size}x{opt.channels}"
-    print(f"{len(data)} {data.name} images at {size} on {device}; run folder {run.dir}")
     real_batches = iter(batches)
     for step in run.progress(start):
         # ---------------------

@@ -30,19 +30,15 @@ import torch.nn.functional as F
 import common
 
 # Generator steps per data set (--n_iters): about 80 passes over the digits, 20 over MNIST.
-DATASET_DEFAULTS = {
-    "digits": dict(n_iters=2240),
-    "mnist": dict(n_iters=18750),
-    "fashion": dict(n_iters=18750),
-    "cifar10": dict(n_iters=23400),
-    "anime": dict(n_iters=8000),
-    "folder": dict(n_iters=8000),
-}
+DATASET_DEFAULTS = dict(
+    digits=dict(n_iters=2240), mnist=dict(n_iters=18750), fashion=dict(n_iters=18750), cifar10=dict(n_iters=23400),
+    anime=dict(n_iters=8000), folder=dict(n_iters=8000),
+)  # fmt: skip
 
 
 def parse_args(argv=None):
     parser = common.ArgumentParser(
-        description="Train a conditional GAN (Mirza & Osindero 2014).", dataset_defaults=DATASET_DEFAULTS
+        description="conditional GAN (Mirza & Osindero 2014)", dataset_defaults=DATASET_DEFAULTS
     )
     parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images, labelled")
     parser.add_argument("--data_root", default="data", help="where data sets are kept; folder: one sub-folder a class")
@@ -67,9 +63,7 @@ def parse_args(argv=None):
     return opt
 
 
-# ----------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Models -------------------------------------------------
 def conv_plan(img_size):
     """G grows a base x base map by doubling it n times (D shrinks it back); 4 <= base <= 7."""
     base, doublings = img_size, 0
@@ -98,10 +92,10 @@ class Generator(nn.Module):
         self.label_embedding = nn.Embedding(n_classes, n_classes)  # as expressive as a one-hot code, and learned
         # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
         layers = [nn.ConvTranspose2d(latent_dim + n_classes, width, base, 1, 0, bias=False), nn.BatchNorm2d(width)]
-        layers += [nn.ReLU(True)]
+        layers += [nn.ReLU()]
         for _ in range(doublings - 1):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2)]
-            layers += [nn.ReLU(True)]
+            layers += [nn.ReLU()]
             width //= 2
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # no BatchNorm at the output
         self.net = nn.Sequential(*layers)
@@ -119,11 +113,10 @@ class Discriminator(nn.Module):
         base, doublings = conv_plan(img_size)
         self.img_size = img_size
         self.label_embedding = nn.Embedding(n_classes, img_size * img_size)  # lets the first layer relate y to pixels
-        layers = [nn.Conv2d(channels + 1, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
+        layers = [nn.Conv2d(channels + 1, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]  # no BatchNorm at the input
         width = ndf
         for _ in range(doublings - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2)]
-            layers += [nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2)]
             width *= 2
         # A logit, not a probability: the loss applies the sigmoid in a numerically stable way.
         layers += [nn.Conv2d(width, 1, base, 1, 0)]
@@ -145,25 +138,21 @@ def init_weights(module):
         nn.init.zeros_(module.bias)
 
 
-# ----------------------------------------------------------------------------------------------
-# Losses
-# ----------------------------------------------------------------------------------------------
-def discriminator_loss(real_logits, fake_logits):
+# ---------------------------------------- Losses -------------------------------------------------
+def discriminator_loss(d_real, d_fake):
     """-E[log D(x|y)] - E[log(1 - D(G(z|y)|y))]: binary cross-entropy with real = 1, fake = 0."""
-    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    real = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+    fake = F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
     return real + fake
 
 
-def generator_loss(fake_logits):
+def generator_loss(d_fake):
     """-E[log D(G(z|y)|y)]: the non-saturating loss. log(1 - D(G(z|y)|y)) has almost no gradient
     while D easily rejects early fakes; this one has the same fixed point and strong gradients there."""
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
 
 
-# ----------------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Training -----------------------------------------------
 def train(opt):
     device = common.setup(opt)  # seeded; under torchrun, one process per GPU
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
@@ -171,23 +160,20 @@ def train(opt):
         what = f"{opt.data_root} has no class sub-folders" if opt.dataset == "folder" else "it has no labels"
         raise common.UsageError(f"--dataset {opt.dataset}: {what}; cgan needs labelled data, a sub-folder per class")
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
-    opt.n_iters = opt.n_iters or opt.n_epochs * len(batches) // opt.n_critic  # --n_epochs as generator steps
+    opt.n_iters = opt.n_iters or max(1, opt.n_epochs * len(batches) // opt.n_critic)  # --n_epochs in steps
     run = common.Run(opt, __file__, data, device)
 
-    generator = Generator(opt.latent_dim, data.n_classes, opt.channels, opt.img_size, opt.ngf).to(device)
-    discriminator = Discriminator(data.n_classes, opt.channels, opt.img_size, opt.ndf).to(device)
-    generator.apply(init_weights)
-    discriminator.apply(init_weights)
+    generator = (
+        Generator(opt.latent_dim, data.n_classes, opt.channels, opt.img_size, opt.ngf).to(device).apply(init_weights)
+    )
+    discriminator = Discriminator(data.n_classes, opt.channels, opt.img_size, opt.ndf).to(device).apply(init_weights)
     generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
     optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
-    # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
-    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)
-    scaling = opt.amp and autocast.fast_dtype == torch.float16
-    scaler_D, scaler_G = (
-        torch.amp.GradScaler(device.type, enabled=scaling),
-        torch.amp.GradScaler(device.type, enabled=scaling),
-    )
+    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)  # --amp: half-precision passes
+    scaling = opt.amp and autocast.fast_dtype == torch.float16  # float16 (where bfloat16 is missing) scales the losses
+    scaler_D = torch.amp.GradScaler(device.type, enabled=scaling)
+    scaler_G = torch.amp.GradScaler(device.type, enabled=scaling)
     fixed_z = torch.randn(64, opt.latent_dim, device=device)  # the same z for every grid: how G(z|y) evolves
     state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
     state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z)
@@ -210,8 +196,6 @@ def train(opt):
         print(f"class {opt.label} ({data.classes[opt.label]}) at step {start}: {path}")
         return run
 
-    size = f"{opt.img_size}x{opt.img_size}x{opt.channels}"
-    print(f"{len(data)} {data.name} images at {size} on {device}; run folder {run.dir}")
     real_batches = iter(batches)
     grid = fixed_z[:8].repeat(data.n_classes, 1), torch.arange(data.n_classes, device=device).repeat_interleave(8)
     for step in run.progress(start):
@@ -225,8 +209,8 @@ def train(opt):
             with autocast:
                 with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
                     fake = generator(z, fake_labels)
-                real_logits, fake_logits = discriminator(real, labels), discriminator(fake, fake_labels)
-                loss_D = discriminator_loss(real_logits, fake_logits)
+                d_real, d_fake = discriminator(real, labels), discriminator(fake, fake_labels)
+                loss_D = discriminator_loss(d_real, d_fake)
             optimizer_D.zero_grad(set_to_none=True)
             scaler_D.scale(loss_D).backward()
             scaler_D.step(optimizer_D)
@@ -244,9 +228,7 @@ def train(opt):
         scaler_G.step(optimizer_G)
         scaler_G.update()
 
-        run.log(
-            step, loss_D=loss_D, loss_G=loss_G, D_x=real_logits.sigmoid().mean(), D_G_z=fake_logits.sigmoid().mean()
-        )
+        run.log(step, loss_D=loss_D, loss_G=loss_G, D_x=d_real.sigmoid().mean(), D_G_z=d_fake.sigmoid().mean())
         run.sample(step, generator, *grid)  # row k is class k, column j the same noise fixed_z[j]
         run.score(step, generator, fakes)
         run.checkpoint(step, state)

@@ -33,18 +33,14 @@ import torch.nn.functional as F
 import common
 
 # Generator steps per data set (--n_iters): two GANs a step; about 40 passes over the digits, 20 over MNIST.
-DATASET_DEFAULTS = {
-    "digits": dict(n_iters=1120),
-    "mnist": dict(n_iters=18750),
-    "fashion": dict(n_iters=18750),
-    "cifar10": dict(n_iters=23400),
-    "anime": dict(n_iters=8000),
-    "folder": dict(n_iters=8000),
-}
+DATASET_DEFAULTS = dict(
+    digits=dict(n_iters=1120), mnist=dict(n_iters=18750), fashion=dict(n_iters=18750), cifar10=dict(n_iters=23400),
+    anime=dict(n_iters=8000), folder=dict(n_iters=8000),
+)  # fmt: skip
 
 
 def parse_args(argv=None):
-    parser = common.ArgumentParser(description="Train a CoGAN (Liu & Tuzel 2016).", dataset_defaults=DATASET_DEFAULTS)
+    parser = common.ArgumentParser(description="CoGAN (Liu & Tuzel 2016)", dataset_defaults=DATASET_DEFAULTS)
     parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="domain A's images")
     parser.add_argument("--data_root", default="data", help="where data sets are kept; the folder for folder")
     parser.add_argument("--domain_b", choices=("negative", "edges", "folder"), default="negative", help="domain B")
@@ -69,9 +65,7 @@ def parse_args(argv=None):
     return opt
 
 
-# ----------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Models -------------------------------------------------
 def conv_plan(img_size):
     """G grows a base x base map by doubling it n times (D shrinks it back); 4 <= base <= 7."""
     base, doublings = img_size, 0
@@ -98,10 +92,10 @@ class CoupledGenerators(nn.Module):
         base, doublings = conv_plan(img_size)
         width = ngf * 2 ** (doublings - 1)
         # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
-        layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
         for _ in range(doublings - 1):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2)]
-            layers += [nn.ReLU(True)]
+            layers += [nn.ReLU()]
             width //= 2
         self.shared = nn.Sequential(*layers)  # the high-level content both domains have in common
         self.last_a, self.last_b = (nn.ConvTranspose2d(width, channels, 4, 2, 1) for _ in "ab")  # per domain's pixels
@@ -120,10 +114,9 @@ class CoupledDiscriminators(nn.Module):
         base, doublings = conv_plan(img_size)
         # Per domain: the first layer, which reads the domain's own pixels (no BatchNorm at the input).
         self.first_a, self.first_b = (nn.Conv2d(channels, ndf, 4, 2, 1) for _ in "ab")
-        layers, width = [nn.LeakyReLU(0.2, True)], ndf  # shared: the rest, which judges the high-level content
+        layers, width = [nn.LeakyReLU(0.2)], ndf  # shared: the rest, which judges the high-level content
         for _ in range(doublings - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2)]
-            layers += [nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2)]
             width *= 2
         # A logit, not a probability: the loss applies the sigmoid in a numerically stable way.
         layers += [nn.Conv2d(width, 1, base, 1, 0)]
@@ -157,25 +150,21 @@ def halves(data, seed):
     return [common.ImageData(data.name, data.img_size, data.channels, *pair) for pair in zip(images, files)]
 
 
-# ----------------------------------------------------------------------------------------------
-# Losses
-# ----------------------------------------------------------------------------------------------
-def discriminator_loss(real_logits, fake_logits):
+# ---------------------------------------- Losses -------------------------------------------------
+def discriminator_loss(d_real, d_fake):
     """-E[log D(x)] - E[log(1 - D(G(z)))]: binary cross-entropy with real = 1, fake = 0."""
-    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    real = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+    fake = F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
     return real + fake
 
 
-def generator_loss(fake_logits):
+def generator_loss(d_fake):
     """-E[log D(G(z))]: the non-saturating loss. log(1 - D(G(z))) has almost no gradient while D
     easily rejects early fakes; this one has the same fixed point and strong gradients there."""
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
 
 
-# ----------------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Training -----------------------------------------------
 def train(opt):
     device = common.setup(opt)  # seeded; under torchrun, one process per GPU
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
@@ -186,23 +175,18 @@ def train(opt):
     batches = common.Batches(data_a, opt.batch_size, device, opt.seed, opt.n_cpu)
     batches_b = common.Batches(data_b, opt.batch_size, device, opt.seed + 1, opt.n_cpu)
     to_domain_b = {"negative": torch.neg, "edges": edges, "folder": nn.Identity()}[opt.domain_b]  # 1 - x is -x
-    opt.n_iters = opt.n_iters or opt.n_epochs * len(batches) // opt.n_critic  # --n_epochs as generator steps
+    opt.n_iters = opt.n_iters or max(1, opt.n_epochs * len(batches) // opt.n_critic)  # --n_epochs in steps
     run = common.Run(opt, __file__, data, device)  # the scores compare domain A with the whole data set
 
-    generator = CoupledGenerators(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
-    discriminator = CoupledDiscriminators(opt.channels, opt.img_size, opt.ndf).to(device)
-    generator.apply(init_weights)
-    discriminator.apply(init_weights)
+    generator = CoupledGenerators(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device).apply(init_weights)
+    discriminator = CoupledDiscriminators(opt.channels, opt.img_size, opt.ndf).to(device).apply(init_weights)
     generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
     optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
-    # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
-    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)
-    scaling = opt.amp and autocast.fast_dtype == torch.float16
-    scaler_D, scaler_G = (
-        torch.amp.GradScaler(device.type, enabled=scaling),
-        torch.amp.GradScaler(device.type, enabled=scaling),
-    )
+    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)  # --amp: half-precision passes
+    scaling = opt.amp and autocast.fast_dtype == torch.float16  # float16 (where bfloat16 is missing) scales the losses
+    scaler_D = torch.amp.GradScaler(device.type, enabled=scaling)
+    scaler_G = torch.amp.GradScaler(device.type, enabled=scaling)
     fixed_z = torch.randn(32, opt.latent_dim, device=device)  # the same z for every grid: how G(z) evolves
     state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
     state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, batches_b=batches_b, fixed_z=fixed_z)
@@ -215,8 +199,7 @@ def train(opt):
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
         return run.scorer.write_fakes(run, generator, fakes, opt.generate)
 
-    size = f"{opt.img_size}x{opt.img_size}x{opt.channels}"
-    print(f"{len(data_a)} {data.name} images for A, {len(data_b)} for B, at {size} on {device}; run folder {run.dir}")
+    print(f"domain A: {len(data_a)} images, domain B: {len(data_b)} images, none in both")
     real_batches, real_batches_b = iter(batches), iter(batches_b)
     for step in run.progress(start):
         # ---------------------
@@ -229,8 +212,8 @@ def train(opt):
             with autocast:
                 with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
                     fake = generator(z)
-                real_logits, fake_logits = torch.cat(discriminator(real, real_b)), torch.cat(discriminator(*fake))
-                loss_D = discriminator_loss(real_logits, fake_logits)  # the two GANs' mean: half the paper's sum
+                d_real, d_fake = torch.cat(discriminator(real, real_b)), torch.cat(discriminator(*fake))
+                loss_D = discriminator_loss(d_real, d_fake)  # the two GANs' mean: half the paper's sum
             optimizer_D.zero_grad(set_to_none=True)
             scaler_D.scale(loss_D).backward()
             scaler_D.step(optimizer_D)
@@ -247,9 +230,7 @@ def train(opt):
         scaler_G.step(optimizer_G)
         scaler_G.update()
 
-        run.log(
-            step, loss_D=loss_D, loss_G=loss_G, D_x=real_logits.sigmoid().mean(), D_G_z=fake_logits.sigmoid().mean()
-        )
+        run.log(step, loss_D=loss_D, loss_G=loss_G, D_x=d_real.sigmoid().mean(), D_G_z=d_fake.sigmoid().mean())
         run.sample(step, generator, fixed_z)  # G1(z), G2(z) side by side: 4 pairs a row
         run.score(step, generator, fakes)
         run.checkpoint(step, state)

@@ -177,7 +177,10 @@ def distribute(opt, *nets, compile=None):
         return nets
     nets = [torch.nn.SyncBatchNorm.convert_sync_batchnorm(net) if opt.sync_bn else net for net in nets]
     ids = [GROUP.local_rank] if next(nets[0].parameters()).is_cuda else None
-    return tuple(torch.nn.parallel.DistributedDataParallel(net, device_ids=ids) for net in nets)
+    # No broadcast of BatchNorm's running statistics before each forward: rank 0's alone are sampled and saved.
+    return tuple(
+        torch.nn.parallel.DistributedDataParallel(net, device_ids=ids, forward_sync_buffers=False) for net in nets
+    )
 
 
 def unwrap(net):
@@ -380,6 +383,7 @@ class Run:
 
     def __init__(self, opt, script, data, device):
         self.opt, self.script, self.device = opt, Path(script).stem, device
+        self.about = f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}" if data else ""
         self.resumed = checked_checkpoint(opt, self.script) if opt.resume else None
         self.training = not (opt.generate or getattr(opt, "label", None) is not None)
         self.scorer = self.tensorboard = None
@@ -428,6 +432,7 @@ class Run:
         """Steps start+1..n_iters under one bar; Ctrl-C or SIGTERM stops after a step (twice: at once)."""
         previous = {sig: signal.signal(sig, self._signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.started = time.perf_counter() - self.seconds
+        print(f"{self.about} on {self.device}; run folder {self.dir}")
         self.bar = tqdm(
             range(start + 1, self.opt.n_iters + 1), initial=start, total=self.opt.n_iters, disable=GROUP.rank
         )
@@ -520,13 +525,22 @@ class Run:
         """`state` (state_dicts; tensors as they are), the step, arguments and each process's random state,
         replacing checkpoint.pt once whole; the one before stays as checkpoint.prev.pt."""
         rng = dict(
-            cpu=torch.get_rng_state(), **(dict(cuda=torch.cuda.get_rng_state()) if self.device.type == "cuda" else {})
+            cpu=torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})
         )
-        every_rng = [rng] * GROUP.size
+        every_rng, error = [rng] * GROUP.size, [None]
         if GROUP.distributed:
             torch.distributed.all_gather_object(every_rng, rng)
-        if not is_main():
-            return
+        try:
+            if is_main():
+                self._write_checkpoint(step, state, every_rng)
+        except UsageError as failed:
+            error = [failed]
+        if GROUP.distributed:  # all wait for the file, and stop alike where it could not be written
+            torch.distributed.broadcast_object_list(error)
+        if error[0]:
+            raise error[0]
+
+    def _write_checkpoint(self, step, state, every_rng):
         checkpoint = {name: obj if torch.is_tensor(obj) else unwrap(obj).state_dict() for name, obj in state.items()}
         args = {
             k: v if v is None or isinstance(v, (bool, int, float, str)) else str(v) for k, v in vars(self.opt).items()

@@ -27,20 +27,16 @@ import torch.nn as nn
 import common
 
 # Generator steps per data set (--n_iters): about 80 passes over the digits, 20 over MNIST.
-DATASET_DEFAULTS = {
-    "digits": dict(n_iters=2240),
-    "mnist": dict(n_iters=18750),
-    "fashion": dict(n_iters=18750),
-    "cifar10": dict(n_iters=23400),
-    "anime": dict(n_iters=8000),
-    "folder": dict(n_iters=8000),
-}
+DATASET_DEFAULTS = dict(
+    digits=dict(n_iters=2240), mnist=dict(n_iters=18750), fashion=dict(n_iters=18750), cifar10=dict(n_iters=23400),
+    anime=dict(n_iters=8000), folder=dict(n_iters=8000),
+)  # fmt: skip
 CODINGS = {"01": (0.0, 1.0, 1.0), "pearson": (-1.0, 1.0, 0.0)}  # --coding: the targets (a, b, c) of the losses
 
 
 def parse_args(argv=None):
     parser = common.ArgumentParser(
-        description="Train a least squares GAN, LSGAN (Mao et al. 2017).", dataset_defaults=DATASET_DEFAULTS
+        description="least squares GAN, LSGAN (Mao et al. 2017)", dataset_defaults=DATASET_DEFAULTS
     )
     parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images")
     parser.add_argument("--data_root", default="data", help="where data sets are kept; the folder for folder")
@@ -62,9 +58,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-# ----------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Models -------------------------------------------------
 def conv_plan(img_size):
     """G grows a base x base map by doubling it n times (D shrinks it back); 4 <= base <= 7."""
     base, doublings = img_size, 0
@@ -91,10 +85,10 @@ class Generator(nn.Module):
         base, doublings = conv_plan(img_size)
         width = ngf * 2 ** (doublings - 1)
         # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
-        layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
         for _ in range(doublings - 1):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2)]
-            layers += [nn.ReLU(True)]
+            layers += [nn.ReLU()]
             width //= 2
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # no BatchNorm at the output
         self.net = nn.Sequential(*layers)
@@ -110,11 +104,10 @@ class Discriminator(nn.Module):
     def __init__(self, channels, img_size, ndf):
         super().__init__()
         base, doublings = conv_plan(img_size)
-        layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
+        layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]  # no BatchNorm at the input
         width = ndf
         for _ in range(doublings - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2)]
-            layers += [nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2)]
             width *= 2
         # A raw score, no sigmoid: the least-squares losses pull it towards the targets a, b and c.
         layers += [nn.Conv2d(width, 1, base, 1, 0)]
@@ -135,9 +128,7 @@ def init_weights(module):
         nn.init.zeros_(module.bias)
 
 
-# ----------------------------------------------------------------------------------------------
-# Losses
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Losses -------------------------------------------------
 def discriminator_loss(d_real, d_fake, a, b):
     """1/2 E[(D(x) - b)^2] + 1/2 E[(D(G(z)) - a)^2]: reals pulled towards b, fakes towards a."""
     return 0.5 * (d_real - b).pow(2).mean() + 0.5 * (d_fake - a).pow(2).mean()
@@ -148,30 +139,23 @@ def generator_loss(d_fake, c):
     return 0.5 * (d_fake - c).pow(2).mean()
 
 
-# ----------------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Training -----------------------------------------------
 def train(opt):
     device = common.setup(opt)  # seeded; under torchrun, one process per GPU
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
-    opt.n_iters = opt.n_iters or opt.n_epochs * len(batches) // opt.n_critic  # --n_epochs as generator steps
+    opt.n_iters = opt.n_iters or max(1, opt.n_epochs * len(batches) // opt.n_critic)  # --n_epochs in steps
     run = common.Run(opt, __file__, data, device)
 
-    generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
-    discriminator = Discriminator(opt.channels, opt.img_size, opt.ndf).to(device)
-    generator.apply(init_weights)
-    discriminator.apply(init_weights)
+    generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device).apply(init_weights)
+    discriminator = Discriminator(opt.channels, opt.img_size, opt.ndf).to(device).apply(init_weights)
     generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
     optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
-    # --amp: half-precision forward passes; float16 (where bfloat16 is missing) also scales the losses.
-    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)
-    scaling = opt.amp and autocast.fast_dtype == torch.float16
-    scaler_D, scaler_G = (
-        torch.amp.GradScaler(device.type, enabled=scaling),
-        torch.amp.GradScaler(device.type, enabled=scaling),
-    )
+    autocast = torch.autocast(device.type, common.amp_dtype(device), enabled=opt.amp)  # --amp: half-precision passes
+    scaling = opt.amp and autocast.fast_dtype == torch.float16  # float16 (where bfloat16 is missing) scales the losses
+    scaler_D = torch.amp.GradScaler(device.type, enabled=scaling)
+    scaler_G = torch.amp.GradScaler(device.type, enabled=scaling)
     a, b, c = CODINGS[opt.coding]
     fixed_z = torch.randn(64, opt.latent_dim, device=device)  # the same z for every grid: how G(z) evolves
     state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
@@ -185,9 +169,6 @@ def train(opt):
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
         return run.scorer.write_fakes(run, generator, fakes, opt.generate)
 
-    print(
-        f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels} on {device}; folder {run.dir}"
-    )
     real_batches = iter(batches)
     for step in run.progress(start):
         # ---------------------

@@ -22,18 +22,14 @@ import torch.nn as nn
 import common
 
 # Generator steps (--n_iters): digits 300 passes at 5 batches a step, width 32 (3x faster a step); else DCGAN's / 5.
-DATASET_DEFAULTS = {
-    "digits": dict(n_iters=1680, ngf=32, ndf=32),
-    "mnist": dict(n_iters=3750),
-    "fashion": dict(n_iters=3750),
-    "cifar10": dict(n_iters=4680),
-    "anime": dict(n_iters=1600),
-    "folder": dict(n_iters=1600),
-}
+DATASET_DEFAULTS = dict(
+    digits=dict(n_iters=1680, ngf=32, ndf=32), mnist=dict(n_iters=3750), fashion=dict(n_iters=3750),
+    cifar10=dict(n_iters=4680), anime=dict(n_iters=1600), folder=dict(n_iters=1600),
+)  # fmt: skip
 
 
 def parse_args(argv=None):
-    parser = common.ArgumentParser(description="Train WGAN-GP (Gulrajani et al.).", dataset_defaults=DATASET_DEFAULTS)
+    parser = common.ArgumentParser(description="WGAN-GP (Gulrajani et al.)", dataset_defaults=DATASET_DEFAULTS)
     parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images")
     parser.add_argument("--data_root", default="data", help="where data sets are kept; the folder for folder")
     parser.add_argument("--img_size", type=image_size, help="image height and width (default: per data set)")
@@ -55,9 +51,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-# ----------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Models -------------------------------------------------
 def conv_plan(img_size):
     """G grows a base x base map by doubling it n times (D shrinks it back); 4 <= base <= 7."""
     base, doublings = img_size, 0
@@ -84,10 +78,10 @@ class Generator(nn.Module):
         base, doublings = conv_plan(img_size)
         width = ngf * 2 ** (doublings - 1)
         # Convolutions followed by BatchNorm need no bias: BatchNorm's shift replaces it.
-        layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        layers = [nn.ConvTranspose2d(latent_dim, width, base, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
         for _ in range(doublings - 1):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2)]
-            layers += [nn.ReLU(True)]
+            layers += [nn.ReLU()]
             width //= 2
         layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # no BatchNorm at the output
         self.net = nn.Sequential(*layers)
@@ -103,11 +97,10 @@ class Critic(nn.Module):
     def __init__(self, channels, img_size, ndf):
         super().__init__()
         base, doublings = conv_plan(img_size)
-        layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no normalisation at the input
+        layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]  # no normalisation at the input
         width = ndf
         for _ in range(doublings - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.GroupNorm(1, width * 2)]
-            layers += [nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.GroupNorm(1, width * 2), nn.LeakyReLU(0.2)]
             width *= 2
         # An unbounded score, not a probability: the critic estimates a distance, not a class.
         layers += [nn.Conv2d(width, 1, base, 1, 0)]
@@ -128,9 +121,7 @@ def init_weights(module):
         nn.init.zeros_(module.bias)
 
 
-# ----------------------------------------------------------------------------------------------
-# Losses
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Losses -------------------------------------------------
 def critic_loss(d_real, d_fake):
     """E[D(G(z))] - E[D(x)]: minus the critic's estimate of the Wasserstein distance."""
     return d_fake.mean() - d_real.mean()
@@ -160,20 +151,16 @@ def input_gradient_norm(critic, images):
     return grad.flatten(1).norm(2, dim=1).mean()
 
 
-# ----------------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------------
+# ---------------------------------------- Training -----------------------------------------------
 def train(opt):
     device = common.setup(opt)  # seeded; under torchrun, one process per GPU
     data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
-    opt.n_iters = opt.n_iters or opt.n_epochs * len(batches) // opt.n_critic  # --n_epochs as generator steps
+    opt.n_iters = opt.n_iters or max(1, opt.n_epochs * len(batches) // opt.n_critic)  # --n_epochs in steps
     run = common.Run(opt, __file__, data, device)
 
-    generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device)
-    discriminator = Critic(opt.channels, opt.img_size, opt.ndf).to(device)
-    generator.apply(init_weights)
-    discriminator.apply(init_weights)
+    generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device).apply(init_weights)
+    discriminator = Critic(opt.channels, opt.img_size, opt.ndf).to(device).apply(init_weights)
     # --compile leaves the critic eager: compiled code has no double backward, which the penalty needs.
     generator, discriminator = common.distribute(opt, generator, discriminator, compile=(opt.compile, False))
     optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
@@ -194,9 +181,6 @@ def train(opt):
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
         return run.scorer.write_fakes(run, generator, fakes, opt.generate)
 
-    print(
-        f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels} on {device}; folder {run.dir}"
-    )
     real_batches = iter(batches)
     for step in run.progress(start):
         # ---------------------

@@ -38,7 +38,7 @@ def poisoned(rank):
 def finish(run, generator, fakes):
     """Run.finish, noting a checksum of this process's generator weights first."""
     digest = hashlib.sha256()
-    for tensor in common.unwrap(generator).state_dict().values():
+    for tensor in common.unwrap(generator).parameters():  # BatchNorm's running statistics: each process's own
         digest.update(tensor.detach().cpu().numpy().tobytes())
     WEIGHTS["last"] = digest.hexdigest()
     return FINISH(run, generator, fakes)

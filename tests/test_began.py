@@ -3,9 +3,9 @@ fit every accepted size, the lr decays on a stalled M, the digits' own defaults.
 
 import pytest
 import torch
-from conftest import read_metrics, train_script
 
 import began
+from conftest import read_metrics, train_script
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--n_filters", 4, "--h_dim", 8, "--sample_interval", 2]
 

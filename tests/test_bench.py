@@ -4,10 +4,10 @@ every number is there and positive."""
 import json
 
 import pytest
-from conftest import write_images
 
 import bench
 import common
+from conftest import write_images
 
 # Tiny nets, two measured steps: a run of bench.py that takes seconds.
 TINY = [

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import read_metrics, train_script, write_images
 from PIL import Image
 
 import cgan
 import common
+from conftest import read_metrics, train_script, write_images
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--sample_interval", 2]
 

@@ -5,14 +5,14 @@ import json
 import shutil
 
 import pytest
-from conftest import ROOT, train_script
 from matplotlib.figure import Figure
 from PIL import Image
-from test_scripts import SCRIPTS, TINY
 
 import common
 import compare
 import plots
+from conftest import ROOT, train_script
+from test_scripts import SCRIPTS, TINY
 
 # Flags for every compared script: tiny nets, and few fakes per score.
 TINY_FLAGS = "--batch_size 8 --latent_dim 8 --ngf 8 --ndf 8 --sample_interval 2 --fid_samples 64"

@@ -211,7 +211,7 @@ def test_each_process_takes_every_other_image_of_the_batches_of_one(monkeypatch)
 
 @pytest.fixture
 def fake_torchrun(monkeypatch):
-    """torchrun's environment for one process, and a fresh Group: the flags below are refused before any group starts."""
+    """torchrun's environment for one process and a fresh GROUP: the flags below are refused before a group starts."""
     for name, value in dict(
         RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29555"
     ).items():

@@ -12,13 +12,13 @@ import urllib.error
 import pytest
 import torch
 import torchvision
-from conftest import read_metrics, train_script, write_images
 from PIL import Image
 
 import common
 import dcgan
 import plots
 import scoring
+from conftest import read_metrics, train_script, write_images
 
 TINY = ["--img_size", 16, "--batch_size", 16, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--sample_interval", 2]
 CPU = torch.device("cpu")

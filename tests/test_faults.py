@@ -66,7 +66,7 @@ def poison_second_batch(monkeypatch):
     clean = common.Batches.__iter__
 
     def batches(self):
-        for index, (images, labels) in enumerate(clean(self)):
+        for images, labels in clean(self):
             yield (images * float("nan") if self.taken == 2 else images), labels
 
     monkeypatch.setattr(common.Batches, "__iter__", batches)

@@ -4,9 +4,9 @@ defaults, the models at every size."""
 import pytest
 import torch
 import torch.nn as nn
-from conftest import read_metrics, train_script
 
 import lsgan
+from conftest import read_metrics, train_script
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
 

@@ -86,7 +86,7 @@ def test_amp_trains_and_resumes_in_both_half_precisions(script, half, tmp_path, 
 
 @pytest.mark.parametrize("script", ["dcgan", "wgan_gp", "cogan"])  # plain, half compiled, shared layers
 def test_compile_trains_with_the_same_checkpoint_keys(script, tmp_path, monkeypatch):
-    # The default inductor backend generates C++ on CPU for minutes; aot_eager traces the same graphs, forward and backward.
+    # The default inductor backend generates C++ on CPU for minutes; aot_eager traces the same graphs, both ways.
     compile_in_place = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compile_in_place(self, backend="aot_eager"))
     compiled = train_script(script, tmp_path / "compiled", *TINY, *SCRIPTS[script], "--n_iters", 2, "--compile")

@@ -4,9 +4,9 @@ across epochs and on resume), the defaults, the models."""
 import pytest
 import torch
 import torch.nn as nn
-from conftest import read_metrics, train_script
 
 import wgan
+from conftest import read_metrics, train_script
 
 TINY = ["--img_size", 16, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
 

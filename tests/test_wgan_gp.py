@@ -4,10 +4,10 @@ the interpolates (not at the reals, not dropped), the critic without BatchNorm a
 import pytest
 import torch
 import torch.nn as nn
-from conftest import read_metrics, train_script
 from PIL import Image
 
 import wgan_gp
+from conftest import read_metrics, train_script
 
 TINY = ["--img_size", 16, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
 
