@@ -26,14 +26,11 @@ from tqdm import tqdm
 
 # Per data set: the training size, the channels and the steps between sample grids; each script's
 # DATASET_DEFAULTS add its number of steps (and may change these).
-DATASETS = {
-    "digits": dict(img_size=32, channels=1, sample_interval=200),
-    "mnist": dict(img_size=32, channels=1, sample_interval=500),
-    "fashion": dict(img_size=32, channels=1, sample_interval=500),
-    "cifar10": dict(img_size=32, channels=3, sample_interval=500),
-    "anime": dict(img_size=64, channels=3, sample_interval=500),
-    "folder": dict(img_size=64, channels=3, sample_interval=500),
-}
+DATASETS = dict(
+    digits=dict(img_size=32, channels=1, sample_interval=200), mnist=dict(img_size=32, channels=1, sample_interval=500),
+    fashion=dict(img_size=32, channels=1, sample_interval=500), cifar10=dict(img_size=32, channels=3, sample_interval=500),
+    anime=dict(img_size=64, channels=3, sample_interval=500), folder=dict(img_size=64, channels=3, sample_interval=500),
+)  # fmt: skip
 TORCHVISION = {"mnist": datasets.MNIST, "fashion": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 IN_MEMORY_LIMIT = 4 * 2**30  # decoded data up to this many bytes is held in memory; larger folders stream
@@ -122,8 +119,7 @@ def add_run_args(parser):
     run("--tensorboard", action="store_true", help="also log to <run>/tensorboard; needs plots.py")
 
 
-def is_main():
-    """Whether this process writes the run folder and prints: rank 0, or the only process."""
+def is_main():  # whether this process writes the run folder and prints: rank 0, or the only one
     return GROUP.rank == 0
 
 
@@ -169,22 +165,18 @@ def amp_dtype(device):
 
 
 def distribute(opt, *nets, compile=None):
-    """The nets compiled in place (`compile`: a flag per net, else --compile), and under torchrun wrapped
-    in DistributedDataParallel: all start from rank 0's weights and step with averaged gradients."""
+    """Nets compiled in place (`compile`, a flag each, or --compile) and, under torchrun, in DDP wrappers."""
     for net, compiled in zip(nets, compile or [opt.compile] * len(nets)):
         net.compile() if compiled else None
     if not GROUP.distributed:
         return nets
     nets = [torch.nn.SyncBatchNorm.convert_sync_batchnorm(net) if opt.sync_bn else net for net in nets]
     ids = [GROUP.local_rank] if next(nets[0].parameters()).is_cuda else None
-    # No broadcast of BatchNorm's running statistics before each forward: rank 0's alone are sampled and saved.
-    return tuple(
-        torch.nn.parallel.DistributedDataParallel(net, device_ids=ids, forward_sync_buffers=False) for net in nets
-    )
+    ddp = torch.nn.parallel.DistributedDataParallel  # no BatchNorm buffers broadcast: rank 0's are sampled and saved
+    return tuple(ddp(net, device_ids=ids, forward_sync_buffers=False) for net in nets)
 
 
-def unwrap(net):
-    """The net inside a DistributedDataParallel wrapper, or the net itself."""
+def unwrap(net):  # the net inside a DistributedDataParallel wrapper, or the net itself
     return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
 
 
@@ -433,9 +425,8 @@ class Run:
         previous = {sig: signal.signal(sig, self._signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.started = time.perf_counter() - self.seconds
         print(f"{self.about} on {self.device}; run folder {self.dir}")
-        self.bar = tqdm(
-            range(start + 1, self.opt.n_iters + 1), initial=start, total=self.opt.n_iters, disable=GROUP.rank
-        )
+        steps = range(start + 1, self.opt.n_iters + 1)
+        self.bar = tqdm(steps, initial=start, total=self.opt.n_iters, disable=not is_main())
         try:
             yield from self.bar
         except BaseException:
@@ -524,9 +515,10 @@ class Run:
     def save_checkpoint(self, step, state):
         """`state` (state_dicts; tensors as they are), the step, arguments and each process's random state,
         replacing checkpoint.pt once whole; the one before stays as checkpoint.prev.pt."""
-        rng = dict(
-            cpu=torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})
-        )
+        rng = {
+            "cpu": torch.get_rng_state(),
+            **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_initialized() else {}),
+        }
         every_rng, error = [rng] * GROUP.size, [None]
         if GROUP.distributed:
             torch.distributed.all_gather_object(every_rng, rng)
@@ -543,7 +535,7 @@ class Run:
     def _write_checkpoint(self, step, state, every_rng):
         checkpoint = {name: obj if torch.is_tensor(obj) else unwrap(obj).state_dict() for name, obj in state.items()}
         args = {
-            k: v if v is None or isinstance(v, (bool, int, float, str)) else str(v) for k, v in vars(self.opt).items()
+            k: v if isinstance(v, (bool, int, float, str, type(None))) else str(v) for k, v in vars(self.opt).items()
         }
         checkpoint.update(format=CHECKPOINT_FORMAT, script=self.script, step=step, seconds=self.seconds, args=args)
         checkpoint.update(world_size=GROUP.size, rng=every_rng)
@@ -640,9 +632,7 @@ def checked_checkpoint(opt, script):
         if checkpoint["args"].get(key) != getattr(opt, key, checkpoint["args"].get(key)):
             raise UsageError(f"--resume: the checkpoint has {key}={checkpoint['args'][key]}: drop --{key}")
     if checkpoint["world_size"] != GROUP.size:  # each process resumes its own random state
-        raise UsageError(
-            f"--resume {opt.resume} was trained by {checkpoint['world_size']} process(es), not {GROUP.size}"
-        )
+        raise UsageError(f"--resume {opt.resume}: trained by {checkpoint['world_size']} process(es), not {GROUP.size}")
     return checkpoint
 
 
@@ -655,11 +645,8 @@ def main(train, parse_args):
     try:
         train(parse_args())
     except (UsageError, Diverged, torch.OutOfMemoryError) as error:
-        oom = isinstance(error, torch.OutOfMemoryError)
-        print(
-            f"{Path(sys.argv[0]).name}: error: {'out of memory: pass a smaller --batch_size' if oom else error}",
-            file=sys.stderr,
-        )
+        message = "out of memory: pass a smaller --batch_size" if isinstance(error, torch.OutOfMemoryError) else error
+        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
         sys.exit(2 if isinstance(error, UsageError) else 1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -137,3 +137,21 @@ def test_out_of_gpu_memory_suggests_a_smaller_batch(capsys):
         common.main(train, lambda: None)
     assert exit.value.code == 1
     assert "out of memory: pass a smaller --batch_size" in capsys.readouterr().err
+
+
+def test_a_signal_during_a_step_skips_the_scoring_due_then_and_stops(tmp_path, monkeypatch):
+    """SIGTERM before a long scoring pass at --fid_interval is honoured before it, not after."""
+    log = common.Run.log
+
+    def signalled_at_step_2(run, step, **values):
+        run.signalled = run.signalled or step == 2  # as if SIGTERM arrived while step 2 trained
+        log(run, step, **values)
+
+    monkeypatch.setattr(common.Run, "log", signalled_at_step_2)
+    monkeypatch.setattr("scoring.Scorer.score", lambda *args: pytest.fail("scored after the signal"))
+    monkeypatch.setattr("scoring.train_classifier.__defaults__", (20, 64))  # the classifier is not what is tested
+    with pytest.raises(KeyboardInterrupt):
+        scoring = ["--fcd", "--fid_interval", 2, "--fid_samples", 16, "--data_root", tmp_path / "data"]
+        train_script("dcgan", tmp_path / "runs", *TINY, "--n_iters", 10, *scoring)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 2

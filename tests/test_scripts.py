@@ -1,6 +1,8 @@
 """Every model script trains a few steps on tiny settings, writes its run folder, and resumes exactly."""
 
+import ast
 import math
+import shutil
 import subprocess
 import sys
 
@@ -95,3 +97,31 @@ def test_compile_trains_with_the_same_checkpoint_keys(script, tmp_path, monkeypa
     assert load(compiled)["generator"].keys() == load(eager)["generator"].keys()
     for a, b in zip(read_metrics(compiled.dir), read_metrics(eager.dir)):
         assert all(float(a[k]) == pytest.approx(float(b[k]), rel=1e-3, abs=1e-4) for k in a)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_script_needs_only_torch_and_common(script):
+    """A student copies one script and common.py: nothing else of the repo may be imported at the top."""
+    tree = ast.parse((ROOT / f"{script}.py").read_text())
+    imported = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"argparse", "math", "torch", "common"}, imported
+
+
+def test_a_script_copied_alone_with_common_trains_resumes_and_names_what_to_copy(tmp_path):
+    for name in ("dcgan.py", "common.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    env = {key: value for key, value in SCRIPT_ENV.items() if key != "PYTHONPATH"}
+    command = [sys.executable, "dcgan.py", *map(str, TINY + SCRIPTS["dcgan"]), "--out", "runs"]
+    done = subprocess.run([*command, "--n_iters", "2"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "copy plots.py beside this script" in done.stderr  # the plots are skipped, in one warning line
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    resume = [sys.executable, "dcgan.py", "--resume", str(run_dir), "--n_iters", "3"]
+    resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0 and "done: 3 generator steps" in resumed.stdout, resumed.stderr
+    scored = subprocess.run([*command, "--fid"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert scored.returncode == 2 and scored.stderr.strip() == (
+        "dcgan.py: error: --fid, --fcd, --save_fakes and --generate need scoring.py: copy it from the repository "
+        "beside this script"
+    )
