@@ -26,11 +26,14 @@ from tqdm import tqdm
 
 # Per data set: the training size, the channels and the steps between sample grids; each script's
 # DATASET_DEFAULTS add its number of steps (and may change these).
-DATASETS = dict(
-    digits=dict(img_size=32, channels=1, sample_interval=200), mnist=dict(img_size=32, channels=1, sample_interval=500),
-    fashion=dict(img_size=32, channels=1, sample_interval=500), cifar10=dict(img_size=32, channels=3, sample_interval=500),
-    anime=dict(img_size=64, channels=3, sample_interval=500), folder=dict(img_size=64, channels=3, sample_interval=500),
-)  # fmt: skip
+DATASETS = {
+    "digits": dict(img_size=32, channels=1, sample_interval=200),
+    "mnist": dict(img_size=32, channels=1, sample_interval=500),
+    "fashion": dict(img_size=32, channels=1, sample_interval=500),
+    "cifar10": dict(img_size=32, channels=3, sample_interval=500),
+    "anime": dict(img_size=64, channels=3, sample_interval=500),
+    "folder": dict(img_size=64, channels=3, sample_interval=500),
+}
 TORCHVISION = {"mnist": datasets.MNIST, "fashion": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 IN_MEMORY_LIMIT = 4 * 2**30  # decoded data up to this many bytes is held in memory; larger folders stream
@@ -376,7 +379,7 @@ class Run:
     def __init__(self, opt, script, data, device):
         self.opt, self.script, self.device = opt, Path(script).stem, device
         self.about = f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}" if data else ""
-        self.resumed = checked_checkpoint(opt, self.script) if opt.resume else None
+        self.resumed = self._checked(load_checkpoint(opt.resume)) if opt.resume else None
         self.training = not (opt.generate or getattr(opt, "label", None) is not None)
         self.scorer = self.tensorboard = None
         if opt.generate or (self.training and (opt.fid or opt.fcd or opt.save_fakes)):  # now: fails before training
@@ -385,8 +388,8 @@ class Run:
             raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
         self.dir = self.resumed["dir"] if self.resumed else None
         if is_main():
-            self.dir = self.dir or _new_folder(Path(opt.out), f"{self.script}_{opt.dataset}")
-            self.lock = _lock(self.dir) if self.training else None
+            self.dir = self.dir or self._new_folder(Path(opt.out), f"{self.script}_{opt.dataset}")
+            self.lock = self._lock() if self.training else None
         if GROUP.distributed:
             torch.distributed.broadcast_object_list(shared := [self.dir])
             self.dir = shared[0]
@@ -397,6 +400,46 @@ class Run:
             self.write("config.json", json.dumps(config, indent=2, default=str) + "\n")
         if opt.tensorboard and is_main():
             self.tensorboard = _optional("plots", "--tensorboard").TensorBoard(self.dir / "tensorboard")
+
+    @staticmethod
+    def _new_folder(out, name):
+        """<out>/<name>_<time> (-2, -3... when taken), created by this process alone."""
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for path in (out / f"{name}_{stamp}{f'-{n}' * (n > 1)}" for n in itertools.count(1)):
+                with contextlib.suppress(FileExistsError):
+                    path.mkdir()
+                    return path
+        except OSError as error:
+            raise UsageError(f"cannot write the run folder in {out} ({error.strerror}): pass --out a writable folder")
+
+    def _lock(self):
+        """An OS lock on the folder while the run trains; the kernel drops it when the process dies."""
+        try:
+            import fcntl
+        except ImportError:  # no such lock here (Windows): never block
+            return None
+        try:
+            fcntl.flock(handle := open(self.dir / ".lock", "w"), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(f"{self.dir} is being trained by another process: wait for it to finish, or stop it")
+        return handle
+
+    def _checked(self, checkpoint):
+        """--resume's checkpoint, if this script wrote it for the same data, shapes and number of processes."""
+        if checkpoint["script"] != self.script:
+            raise UsageError(
+                f"--resume {self.opt.resume} was written by {checkpoint['script']}.py, not {self.script}.py"
+            )
+        for key in ("dataset", "img_size", "channels", "latent_dim"):
+            if checkpoint["args"].get(key) != getattr(self.opt, key, checkpoint["args"].get(key)):
+                raise UsageError(f"--resume: the checkpoint has {key}={checkpoint['args'][key]}: drop --{key}")
+        if checkpoint["world_size"] != GROUP.size:  # each process resumes its own random state
+            raise UsageError(
+                f"--resume: the run was trained by {checkpoint['world_size']} process(es), not {GROUP.size}"
+            )
+        return checkpoint
 
     @contextlib.contextmanager
     def writing(self, name):
@@ -499,7 +542,9 @@ class Run:
         grids = sorted((self.dir / "samples").glob("[0-9]*.png"))
         summary = dict(script=self.script, dataset=self.opt.dataset, img_size=self.opt.img_size, step=self.step)
         summary.update(channels=self.opt.channels, seconds=round(self.seconds, 1), **self.scores)
-        self.write("summary.json", json.dumps(dict(summary, samples=grids and f"samples/{grids[-1].name}"), indent=1))
+        self.write(
+            "summary.json", json.dumps(dict(summary, samples=f"samples/{grids[-1].name}" if grids else None), indent=1)
+        )
         if self.plots_at_finish and is_main():
             _optional("plots").save_plots(self.dir)
         if self.tensorboard:
@@ -515,18 +560,15 @@ class Run:
     def save_checkpoint(self, step, state):
         """`state` (state_dicts; tensors as they are), the step, arguments and each process's random state,
         replacing checkpoint.pt once whole; the one before stays as checkpoint.prev.pt."""
-        rng = {
-            "cpu": torch.get_rng_state(),
-            **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_initialized() else {}),
-        }
+        rng = dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if self.device.type == "cuda" else None)
         every_rng, error = [rng] * GROUP.size, [None]
         if GROUP.distributed:
             torch.distributed.all_gather_object(every_rng, rng)
-        try:
-            if is_main():
+        if is_main():
+            try:
                 self._write_checkpoint(step, state, every_rng)
-        except UsageError as failed:
-            error = [failed]
+            except UsageError as failed:
+                error = [failed]
         if GROUP.distributed:  # all wait for the file, and stop alike where it could not be written
             torch.distributed.broadcast_object_list(error)
         if error[0]:
@@ -534,9 +576,7 @@ class Run:
 
     def _write_checkpoint(self, step, state, every_rng):
         checkpoint = {name: obj if torch.is_tensor(obj) else unwrap(obj).state_dict() for name, obj in state.items()}
-        args = {
-            k: v if isinstance(v, (bool, int, float, str, type(None))) else str(v) for k, v in vars(self.opt).items()
-        }
+        args = {k: v if isinstance(v, (int, float, str, type(None))) else str(v) for k, v in vars(self.opt).items()}
         checkpoint.update(format=CHECKPOINT_FORMAT, script=self.script, step=step, seconds=self.seconds, args=args)
         checkpoint.update(world_size=GROUP.size, rng=every_rng)
         with self.writing("checkpoint.pt") as path, open(tmp := path.with_name("checkpoint.pt.tmp"), "wb") as f:
@@ -554,9 +594,9 @@ class Run:
             return 0
         for name, obj in state.items():
             obj.copy_(self.resumed[name]) if torch.is_tensor(obj) else unwrap(obj).load_state_dict(self.resumed[name])
-        torch.set_rng_state(self.resumed["rng"][GROUP.rank]["cpu"])
-        if self.device.type == "cuda" and "cuda" in self.resumed["rng"][GROUP.rank]:
-            torch.cuda.set_rng_state(self.resumed["rng"][GROUP.rank]["cuda"])
+        torch.set_rng_state((rng := self.resumed["rng"][GROUP.rank])["cpu"])
+        if self.device.type == "cuda" and rng["cuda"] is not None:
+            torch.cuda.set_rng_state(rng["cuda"])
         self.step, self.seconds = self.resumed["step"], self.resumed["seconds"]
         if self.opt.n_iters < self.step:
             raise UsageError(f"--n_iters {self.opt.n_iters}: the run is at step {self.step} already; pass more")
@@ -578,32 +618,6 @@ def _optional(module, flags=None):
         return argparse.Namespace(save_plots=lambda folder: None)
 
 
-def _new_folder(out, name):
-    """<out>/<name>_<time> (-2, -3... when taken), created by this process alone."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for path in (out / f"{name}_{stamp}{f'-{n}' * (n > 1)}" for n in itertools.count(1)):
-            with contextlib.suppress(FileExistsError):
-                path.mkdir()
-                return path
-    except OSError as error:
-        raise UsageError(f"cannot write the run folder in {out} ({error.strerror}): pass --out a writable folder")
-
-
-def _lock(folder):
-    """An OS lock on the run folder while it trains; the kernel drops it when the process dies."""
-    try:
-        import fcntl
-    except ImportError:  # no such lock here (Windows): never block
-        return None
-    try:
-        fcntl.flock(handle := open(folder / ".lock", "w"), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise UsageError(f"{folder} is being trained by another process: wait for it to finish, or stop it")
-    return handle
-
-
 def load_checkpoint(path):
     """A run's checkpoint, read with weights_only=True: a shared checkpoint can never run code."""
     path = Path(path).expanduser()
@@ -621,19 +635,6 @@ def load_checkpoint(path):
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"--resume {path} was not written by this version of the scripts: start a new run")
     return dict(checkpoint, dir=path.parent)
-
-
-def checked_checkpoint(opt, script):
-    """The --resume checkpoint, if `script` wrote it for the same data, shapes and number of processes."""
-    checkpoint = load_checkpoint(opt.resume)
-    if checkpoint["script"] != script:
-        raise UsageError(f"--resume {opt.resume} was written by {checkpoint['script']}.py, not {script}.py")
-    for key in ("dataset", "img_size", "channels", "latent_dim"):
-        if checkpoint["args"].get(key) != getattr(opt, key, checkpoint["args"].get(key)):
-            raise UsageError(f"--resume: the checkpoint has {key}={checkpoint['args'][key]}: drop --{key}")
-    if checkpoint["world_size"] != GROUP.size:  # each process resumes its own random state
-        raise UsageError(f"--resume {opt.resume}: trained by {checkpoint['world_size']} process(es), not {GROUP.size}")
-    return checkpoint
 
 
 def first_line(error):

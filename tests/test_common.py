@@ -334,7 +334,7 @@ def test_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
 
 
 def test_two_runs_started_at_once_get_two_folders(tmp_path):
-    assert common._new_folder(tmp_path, "dcgan_digits") != common._new_folder(tmp_path, "dcgan_digits")
+    assert common.Run._new_folder(tmp_path, "dcgan_digits") != common.Run._new_folder(tmp_path, "dcgan_digits")
 
 
 def test_a_second_training_of_a_live_run_is_refused(tmp_path):
