@@ -199,7 +199,7 @@ def train(opt):
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
         return run.scorer.write_fakes(run, generator, fakes, opt.generate)
 
-    print(f"domain A: {len(data_a)} images, domain B: {len(data_b)} images, none in both")
+    print(f"domain A: {len(data_a)} images, domain B: {len(data_b)} images")
     real_batches, real_batches_b = iter(batches), iter(batches_b)
     for step in run.progress(start):
         # ---------------------
