@@ -137,13 +137,6 @@ class Discriminator(nn.Module):
         return self.decoder(self.encoder(img))
 
 
-def init_weights(module):
-    """The authors' (TensorFlow's) initialisation: Glorot (xavier) uniform weights, biases 0."""
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        nn.init.xavier_uniform_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 # ---------------------------------------- Losses -------------------------------------------------
 def reconstruction_loss(images, discriminator):
     """L(v) = mean |v - D(v)|: how badly the auto-encoder D reconstructs the images, pixel-wise L1."""
@@ -175,9 +168,9 @@ def train(opt):
     opt.n_iters = opt.n_iters or max(1, opt.n_epochs * len(batches) // opt.n_critic)  # --n_epochs in steps
     run = common.Run(opt, __file__, data, device)
 
-    # Glorot, as the authors' TensorFlow: PyTorch's default, smaller, makes G(z) nearly constant in z.
-    generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.n_filters).to(device).apply(init_weights)
-    discriminator = Discriminator(opt.channels, opt.img_size, opt.h_dim, opt.n_filters).to(device).apply(init_weights)
+    # PyTorch's default initialisation: the paper prescribes none, and there is no BatchNorm to tune.
+    generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.n_filters).to(device)
+    discriminator = Discriminator(opt.channels, opt.img_size, opt.h_dim, opt.n_filters).to(device)
     generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
     optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
