@@ -37,9 +37,7 @@ DATASET_DEFAULTS = dict(
 
 
 def parse_args(argv=None):
-    parser = common.ArgumentParser(
-        description="conditional GAN (Mirza & Osindero 2014)", dataset_defaults=DATASET_DEFAULTS
-    )
+    parser = common.ArgumentParser(description="CGAN (Mirza & Osindero 2014)", dataset_defaults=DATASET_DEFAULTS)
     parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images, labelled")
     parser.add_argument("--data_root", default="data", help="where data sets are kept; folder: one sub-folder a class")
     parser.add_argument("--img_size", type=image_size, help="image height and width (default: per data set)")

@@ -35,9 +35,7 @@ CODINGS = {"01": (0.0, 1.0, 1.0), "pearson": (-1.0, 1.0, 0.0)}  # --coding: the 
 
 
 def parse_args(argv=None):
-    parser = common.ArgumentParser(
-        description="least squares GAN, LSGAN (Mao et al. 2017)", dataset_defaults=DATASET_DEFAULTS
-    )
+    parser = common.ArgumentParser(description="LSGAN (Mao et al. 2017)", dataset_defaults=DATASET_DEFAULTS)
     parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images")
     parser.add_argument("--data_root", default="data", help="where data sets are kept; the folder for folder")
     parser.add_argument("--img_size", type=image_size, help="image height and width (default: per data set)")

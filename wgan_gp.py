@@ -29,7 +29,7 @@ DATASET_DEFAULTS = dict(
 
 
 def parse_args(argv=None):
-    parser = common.ArgumentParser(description="WGAN-GP (Gulrajani et al.)", dataset_defaults=DATASET_DEFAULTS)
+    parser = common.ArgumentParser(description="WGAN-GP (Gulrajani et al. 2017)", dataset_defaults=DATASET_DEFAULTS)
     parser.add_argument("--dataset", choices=common.DATASETS, default="digits", help="training images")
     parser.add_argument("--data_root", default="data", help="where data sets are kept; the folder for folder")
     parser.add_argument("--img_size", type=image_size, help="image height and width (default: per data set)")

@@ -2,6 +2,7 @@
 
 import csv
 import importlib
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,11 @@ def read_metrics(run_dir, name="metrics.csv"):
     between otherwise identical runs."""
     with open(run_dir / name, newline="") as f:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def log_sigmoid(x):
+    """log(1 / (1 + e^-x)), by hand: the tests' reference for the cross-entropy losses."""
+    return -math.log1p(math.exp(-x))
 
 
 def write_images(folder, count, size=(12, 10), mode="RGB", start=0):

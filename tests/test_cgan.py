@@ -10,7 +10,7 @@ from PIL import Image
 
 import cgan
 import common
-from conftest import read_metrics, train_script, write_images
+from conftest import log_sigmoid, read_metrics, train_script, write_images
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--sample_interval", 2]
 
@@ -27,10 +27,6 @@ def test_label_changes_both_nets():
         assert torch.equal(fake, generator(z, threes))
         assert discriminator(fake, threes).shape == (4,)
         assert not torch.allclose(discriminator(fake, threes), discriminator(fake, sevens))
-
-
-def log_sigmoid(x):
-    return -math.log1p(math.exp(-x))
 
 
 def test_losses_by_hand():

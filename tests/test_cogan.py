@@ -9,7 +9,7 @@ from PIL import Image
 
 import cogan
 import common
-from conftest import read_metrics, train_script, write_images
+from conftest import log_sigmoid, read_metrics, train_script, write_images
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--sample_interval", 2]
 
@@ -45,10 +45,6 @@ def test_discriminators_keep_first_layers_and_share_their_last():
     assert used_a - used_b == ids(discriminators.first_a) and used_b - used_a == ids(discriminators.first_b)
     last = [m for m in discriminators.shared if isinstance(m, torch.nn.Conv2d)][-1]
     assert last.weight.shape[0] == 1  # the output layer is among the shared ones
-
-
-def log_sigmoid(x):
-    return -math.log1p(math.exp(-x))
 
 
 def test_losses_by_hand():

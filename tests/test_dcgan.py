@@ -6,13 +6,9 @@ import pytest
 import torch
 
 import dcgan
-from conftest import read_metrics, train_script
+from conftest import log_sigmoid, read_metrics, train_script
 
 TINY = ["--img_size", 16, "--batch_size", 16, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--sample_interval", 50]
-
-
-def log_sigmoid(x):
-    return -math.log1p(math.exp(-x))
 
 
 def test_losses_by_hand():
