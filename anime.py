@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import common
+import folders
 
 # A CC0 copy of the Kaggle "Anime Face Dataset" on the Hugging Face hub, pinned to one commit so that the
 # checksum holds. A plain zip: Python unpacks it with no extra package.
@@ -46,7 +47,7 @@ def fetch(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
         with locked(folder.with_name("anime.lock")):
             if folder.is_dir() and any(folder.iterdir()):  # never unpack over (or delete) the user's own files
-                if common._image_files(folder):
+                if folders.image_files(folder):
                     return  # another run unpacked them while this one waited
                 raise common.UsageError(f"{folder} holds no images but is not empty: {manual}")
             if not archive.exists():

@@ -62,6 +62,7 @@ import torch.nn as nn
 from PIL import Image
 
 import common
+import folders
 from compare import ToolParser, split_script_args
 
 ROOT = Path(__file__).resolve().parent
@@ -444,7 +445,7 @@ def first_batch(data, batch_size, device):
         images = data.images[:batch_size]
     else:
         images = torch.stack(
-            [common.open_image(path, data.img_size, data.channels) for path in data.files[:batch_size]]
+            [folders.open_image(path, data.img_size, data.channels) for path in data.files[:batch_size]]
         )
     labels = data.labels[:batch_size].to(device) if data.labels is not None else None
     return images.to(device).float().div_(127.5).sub_(1.0), labels
@@ -545,7 +546,7 @@ class _PILImages(torch.utils.data.Dataset):
             self.items = list((load_digits().images * 255.0 / 16.0).round().astype("uint8"))
         else:
             root = Path(opt.data_root) / ("anime" if opt.dataset == "anime" else "")
-            self.items = sorted(p for p in root.rglob("*") if p.suffix.lower() in common.IMAGE_EXTENSIONS)
+            self.items = sorted(p for p in root.rglob("*") if p.suffix.lower() in folders.IMAGE_EXTENSIONS)
 
     def __len__(self):
         return len(self.items)
@@ -674,11 +675,11 @@ def measure_data_path(opt, device):
         rate = loader_rate(common.Batches(data, opt.batch_size, device, 0), device, opt.data_seconds)
         rows.append(dict(path="in memory", source=f"{len(data)} {data.name} images", images_per_s=rate))
     if opt.stream_root:
-        limit, common.IN_MEMORY_LIMIT = common.IN_MEMORY_LIMIT, 0  # force streaming from the files
+        limit, folders.IN_MEMORY_LIMIT = folders.IN_MEMORY_LIMIT, 0  # force streaming from the files
         try:
             files = common.load_images("folder", opt.stream_root, opt.img_size, channels)
         finally:
-            common.IN_MEMORY_LIMIT = limit
+            folders.IN_MEMORY_LIMIT = limit
         workers = min(8, os.cpu_count() or 1)  # the scripts' default --n_cpu
         rate = loader_rate(common.Batches(files, opt.batch_size, device, 0, workers), device, opt.data_seconds)
         source = f"{len(files)} files in {opt.stream_root}"

@@ -1,7 +1,7 @@
 """What every GAN script's run needs and is not a GAN: command line, device and seed, data sets and an
 endless batch stream (images in [-1, 1], N x C x H x W, int64 labels), the run folder (config, metrics,
-grids, checkpoints), torchrun's basics and one-line errors. Scoring (scoring.py), plots (plots.py) and
-the anime download (anime.py) are imported only when asked for."""
+grids, checkpoints), torchrun's basics and one-line errors. Folders of images (folders.py), the anime
+download (anime.py), scoring (scoring.py) and plots (plots.py) are imported only when asked for."""
 
 import argparse
 import contextlib
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision import datasets
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
@@ -35,9 +34,6 @@ DATASETS = {
     "folder": dict(img_size=64, channels=3, sample_interval=500),
 }
 TORCHVISION = {"mnist": datasets.MNIST, "fashion": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-IN_MEMORY_LIMIT = 4 * 2**30  # decoded data up to this many bytes is held in memory; larger folders stream
-MAX_PIXELS = 100_000_000  # a file of more pixels is skipped as unreadable: no photo, or a decompression bomb
 CHECKPOINT_FORMAT = 2  # tensors and plain values only, read with weights_only=True
 GROUP = argparse.Namespace(rank=0, local_rank=0, size=1, distributed=False)  # this process among torchrun's
 
@@ -242,12 +238,13 @@ def load_images(dataset, data_root, img_size, channels):
             hint = "offline, copy its files there in torchvision's layout (MNIST/raw/...) or pass --data_root"
             raise UsageError(f"could not load or download {dataset} into {root} ({first_line(error)}): {hint}")
         pixels, labels, classes = torch.as_tensor(loaded.data), loaded.targets, loaded.classes
-    elif dataset == "anime" and not _image_files(root / "anime"):
-        _optional("anime", "--dataset anime").fetch(root / "anime")
     elif dataset == "folder" and not root.is_dir():
         raise UsageError(f"--data_root {root} is not a folder: point it at a folder of images")
     if dataset in ("anime", "folder"):
-        data = _folder(root / "anime" if dataset == "anime" else root, img_size, channels, labelled=dataset == "folder")
+        folders = _optional("folders", "--dataset folder and anime")
+        if dataset == "anime" and not folders.image_files(root / "anime"):
+            _optional("anime", "--dataset anime").fetch(root / "anime")
+        data = folders.load(root / "anime" if dataset == "anime" else root, img_size, channels, dataset == "folder")
     else:  # N x H x W (grey) or N x H x W x C, resized antialiased; grey is ITU-R 601 luma
         pixels = pixels.to(torch.uint8).unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
         pixels = torch.cat([TF.resize(chunk, [img_size, img_size], antialias=True) for chunk in pixels.split(4096)])
@@ -258,73 +255,6 @@ def load_images(dataset, data_root, img_size, channels):
     if GROUP.distributed and GROUP.local_rank == 0:
         torch.distributed.barrier()
     return data
-
-
-def _image_files(folder):
-    """The image files below `folder` (any nesting), sorted, without hidden files and folders."""
-    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
-    return [p for p in paths if not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file()]
-
-
-def _folder(folder, img_size, channels, labelled):
-    """A folder of images, its sub-folders classes in ImageFolder's layout when `labelled`; decoded into
-    memory where it fits (by workers when large), skipping unreadable files."""
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    labelled &= bool(subfolders) and not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
-    files, labels = [], []
-    for index, sub in enumerate(subfolders if labelled else [folder]):
-        if not (found := _image_files(sub)):
-            raise UsageError(f"no images in {sub} (any nesting, {' '.join(IMAGE_EXTENSIONS)}): add some or remove it")
-        files, labels = files + found, labels + [index] * len(found)
-    classes = [sub.name for sub in subfolders] if labelled else []
-    data = ImageData(folder.name, img_size, channels, None, files, torch.tensor(labels) if labelled else None, classes)
-    if len(files) * channels * img_size**2 > IN_MEMORY_LIMIT:
-        return data
-    workers = min(os.cpu_count() or 1, 8) if len(files) > 2000 else 0
-    decoded = list(torch.utils.data.DataLoader(_Decoder(data), 256, num_workers=workers))  # a tensor a batch
-    keep = torch.cat([indices for _, indices in decoded])
-    bad = [files[-1 - i] for i in keep[keep < 0].tolist()]
-    if len(bad) == len(files):
-        raise UsageError(f"none of the {len(bad)} image files under {folder} could be read (first: {bad[0]})")
-    if bad:
-        print(f"warning: skipped {len(bad)} unreadable image file(s) of {len(files)}; first: {bad[0]}", file=sys.stderr)
-    data.images, keep = torch.cat([images for images, _ in decoded])[keep >= 0], keep[keep >= 0]
-    data.files, data.labels = [files[i] for i in keep], data.labels[keep] if labelled else None
-    return data
-
-
-def open_image(path, img_size, channels):
-    """One file as uint8 C x size x size: grey or RGB, shorter side resized, center-cropped."""
-    with Image.open(path) as img:
-        if img.width * img.height > MAX_PIXELS:
-            raise ValueError(f"{img.width}x{img.height} is more than the {MAX_PIXELS:,} pixels allowed")
-        img.draft("L" if channels == 1 else "RGB", (img_size, img_size))
-        img.load()
-    if img.mode.startswith("I"):  # 16 or 32-bit grey: scaled to 8 bits
-        img = img.point(lambda value, scale=255 / max(img.getextrema()[1], 1): value * scale).convert("L")  # noqa: B008
-    if "A" in img.mode or "transparency" in img.info:
-        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))
-    img = TF.resize(img.convert("L" if channels == 1 else "RGB"), img_size, TF.InterpolationMode.BICUBIC)
-    return TF.pil_to_tensor(TF.center_crop(img, img_size))
-
-
-class _Decoder(torch.utils.data.Dataset):
-    """(image, index) of a file; unreadable: (zeros, -1 - index), or streaming the next readable file."""
-
-    def __init__(self, data, replace=False):
-        self.data, self.replace = data, replace
-
-    def __len__(self):
-        return len(self.data.files)
-
-    def __getitem__(self, index):
-        for at in [i % len(self) for i in range(index, index + len(self) if self.replace else index + 1)]:
-            try:
-                return open_image(self.data.files[at], self.data.img_size, self.data.channels), at
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-                if self.replace:
-                    print(f"warning: skipped {self.data.files[at]}: {first_line(error)}", file=sys.stderr)
-        return torch.zeros(self.data.channels, self.data.img_size, self.data.img_size, dtype=torch.uint8), -1 - index
 
 
 class Batches:
@@ -340,10 +270,11 @@ class Batches:
         self.labels = data.labels.to(device) if data.labels is not None else None
         self.images = data.images.to(device) if data.images is not None else None  # a batch is one index op
         self.order = []  # streaming: the DataLoader's sampler, each epoch's order
-        self.loader = torch.utils.data.DataLoader(
-            _Decoder(data, replace=True), batch_size, sampler=self.order, num_workers=n_workers,
-            pin_memory=device.type == "cuda", persistent_workers=n_workers > 0,
-        )  # fmt: skip
+        if self.images is None:  # a folder too large for memory, decoded by workers as it streams
+            self.loader = torch.utils.data.DataLoader(
+                _optional("folders", "--dataset folder").Decoder(data, replace=True), batch_size, sampler=self.order,
+                num_workers=n_workers, pin_memory=device.type == "cuda", persistent_workers=n_workers > 0,
+            )  # fmt: skip
 
     def __len__(self):
         return len(self.data) // (self.batch_size * self.world)
@@ -429,16 +360,12 @@ class Run:
     def _checked(self, checkpoint):
         """--resume's checkpoint, if this script wrote it for the same data, shapes and number of processes."""
         if checkpoint["script"] != self.script:
-            raise UsageError(
-                f"--resume {self.opt.resume} was written by {checkpoint['script']}.py, not {self.script}.py"
-            )
+            raise UsageError(f"--resume: the run was written by {checkpoint['script']}.py, not {self.script}.py")
         for key in ("dataset", "img_size", "channels", "latent_dim"):
             if checkpoint["args"].get(key) != getattr(self.opt, key, checkpoint["args"].get(key)):
                 raise UsageError(f"--resume: the checkpoint has {key}={checkpoint['args'][key]}: drop --{key}")
-        if checkpoint["world_size"] != GROUP.size:  # each process resumes its own random state
-            raise UsageError(
-                f"--resume: the run was trained by {checkpoint['world_size']} process(es), not {GROUP.size}"
-            )
+        if (trained := checkpoint["world_size"]) != GROUP.size:  # each process resumes its own random state
+            raise UsageError(f"--resume: the run was trained by {trained} process(es), not {GROUP.size}")
         return checkpoint
 
     @contextlib.contextmanager
@@ -539,12 +466,10 @@ class Run:
         """The last scores and --save_fakes (scoring.py), summary.json, the plots (plots.py); returns the Run."""
         if self.scorer:
             self.scorer.finish(self, generator, fakes)
-        grids = sorted((self.dir / "samples").glob("[0-9]*.png"))
+        grid = max((self.dir / "samples").glob("[0-9]*.png"), default=None)  # the last grid: names are zero-padded
         summary = dict(script=self.script, dataset=self.opt.dataset, img_size=self.opt.img_size, step=self.step)
         summary.update(channels=self.opt.channels, seconds=round(self.seconds, 1), **self.scores)
-        self.write(
-            "summary.json", json.dumps(dict(summary, samples=f"samples/{grids[-1].name}" if grids else None), indent=1)
-        )
+        self.write("summary.json", json.dumps(dict(summary, samples=grid and f"samples/{grid.name}"), indent=1))
         if self.plots_at_finish and is_main():
             _optional("plots").save_plots(self.dir)
         if self.tensorboard:
@@ -564,28 +489,25 @@ class Run:
         every_rng, error = [rng] * GROUP.size, [None]
         if GROUP.distributed:
             torch.distributed.all_gather_object(every_rng, rng)
-        if is_main():
-            try:
-                self._write_checkpoint(step, state, every_rng)
-            except UsageError as failed:
-                error = [failed]
-        if GROUP.distributed:  # all wait for the file, and stop alike where it could not be written
-            torch.distributed.broadcast_object_list(error)
-        if error[0]:
-            raise error[0]
-
-    def _write_checkpoint(self, step, state, every_rng):
         checkpoint = {name: obj if torch.is_tensor(obj) else unwrap(obj).state_dict() for name, obj in state.items()}
         args = {k: v if isinstance(v, (int, float, str, type(None))) else str(v) for k, v in vars(self.opt).items()}
         checkpoint.update(format=CHECKPOINT_FORMAT, script=self.script, step=step, seconds=self.seconds, args=args)
         checkpoint.update(world_size=GROUP.size, rng=every_rng)
-        with self.writing("checkpoint.pt") as path, open(tmp := path.with_name("checkpoint.pt.tmp"), "wb") as f:
-            torch.save(checkpoint, f)
-            os.fsync(f.fileno())
-            if path.exists():  # a hard link: at every moment a whole checkpoint has one of the two names
-                path.with_name("checkpoint.prev.pt").unlink(missing_ok=True)
-                os.link(path, path.with_name("checkpoint.prev.pt"))
-            os.replace(tmp, path)
+        try:
+            if is_main():  # rank 0 alone writes
+                with self.writing("checkpoint.pt") as path, open(tmp := path.with_name("checkpoint.pt.tmp"), "wb") as f:
+                    torch.save(checkpoint, f)
+                    os.fsync(f.fileno())
+                    if path.exists():  # a hard link: at every moment a whole checkpoint has one of the two names
+                        path.with_name("checkpoint.prev.pt").unlink(missing_ok=True)
+                        os.link(path, path.with_name("checkpoint.prev.pt"))
+                    os.replace(tmp, path)
+        except UsageError as failed:
+            error = [failed]
+        if GROUP.distributed:  # all wait for the file, and stop alike where it could not be written
+            torch.distributed.broadcast_object_list(error)
+        if error[0]:
+            raise error[0]
 
     def restore(self, state):
         """Load --resume's checkpoint into `state` and the random generators, drop the rows written after it;

@@ -12,6 +12,7 @@ from PIL import Image
 
 import common
 import dcgan
+import folders
 from conftest import train_script, write_images
 
 CPU = torch.device("cpu")
@@ -164,7 +165,7 @@ def test_streaming_gives_the_same_batches_as_memory(tmp_path, monkeypatch):
     write_images(tmp_path / "a", 6)
     write_images(tmp_path / "b", 6, start=6)
     in_memory = common.Batches(load_folder(tmp_path), 4, CPU, seed=1)
-    monkeypatch.setattr(common, "IN_MEMORY_LIMIT", 0)
+    monkeypatch.setattr(folders, "IN_MEMORY_LIMIT", 0)
     streamed_data = load_folder(tmp_path)
     assert streamed_data.images is None
     streamed = common.Batches(streamed_data, 4, CPU, seed=1, n_workers=0)
@@ -174,7 +175,7 @@ def test_streaming_gives_the_same_batches_as_memory(tmp_path, monkeypatch):
 
 def test_an_unreadable_streamed_file_is_replaced_with_a_warning(tmp_path, monkeypatch, capsys):
     write_images(tmp_path, 8)
-    monkeypatch.setattr(common, "IN_MEMORY_LIMIT", 0)
+    monkeypatch.setattr(folders, "IN_MEMORY_LIMIT", 0)
     data = load_folder(tmp_path)
     data.files[3].write_bytes(b"broken")
     assert all(images.isfinite().all() for images, _ in take(common.Batches(data, 8, CPU, seed=0), 2))

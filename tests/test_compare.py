@@ -69,7 +69,7 @@ def scripts(tmp_path_factory):
     """A folder of links to the real dcgan.py and lsgan.py and the modules they import, and a cgan.py
     that crashes at once; compare.py runs the scripts it finds there."""
     folder = tmp_path_factory.mktemp("scripts")
-    for name in ("dcgan.py", "lsgan.py", "common.py", "scoring.py", "plots.py", "anime.py"):
+    for name in ("dcgan.py", "lsgan.py", "common.py", "scoring.py", "plots.py", "folders.py", "anime.py"):
         (folder / name).symlink_to(ROOT / name)
     crash = (
         "import sys\nprint('Traceback (most recent call last):\\nRuntimeError: boom', file=sys.stderr)\nsys.exit(1)\n"

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import common
-from conftest import ROOT, SCRIPT_ENV, read_metrics, train_script
+from conftest import ROOT, SCRIPT_ENV, read_metrics, train_script, write_images
 
 # Per script: tiny network flags that keep a step cheap. A new script joins the suite with one line.
 SCRIPTS = {
@@ -124,4 +124,9 @@ def test_a_script_copied_alone_with_common_trains_resumes_and_names_what_to_copy
     assert scored.returncode == 2 and scored.stderr.strip() == (
         "dcgan.py: error: --fid, --fcd, --save_fakes and --generate need scoring.py: copy it from the repository "
         "beside this script"
+    )
+    folder = subprocess.run([*command, "--dataset", "folder", "--data_root", write_images(tmp_path / "faces", 8)],
+                            cwd=tmp_path, capture_output=True, text=True, env=env)  # fmt: skip
+    assert folder.returncode == 2 and folder.stderr.strip() == (
+        "dcgan.py: error: --dataset folder and anime need folders.py: copy it from the repository beside this script"
     )
