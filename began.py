@@ -40,6 +40,7 @@ import argparse
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import common
 
@@ -171,6 +172,7 @@ def train(opt):
     # PyTorch's default initialisation: the paper prescribes none, and there is no BatchNorm to tune.
     generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.n_filters).to(device)
     discriminator = Discriminator(opt.channels, opt.img_size, opt.h_dim, opt.n_filters).to(device)
+    ema_G = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(opt.ema), use_buffers=True)  # before DDP/compile
     generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
     optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
@@ -183,7 +185,7 @@ def train(opt):
     fixed_z = torch.rand(64, opt.latent_dim, device=device) * 2 - 1  # the same z for every grid: how G(z) evolves
     k_t = torch.zeros((), device=device)  # updated in place, so that the checkpoint holds and restores it
     state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
-    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z)
+    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z, ema_G=ema_G)
     state.update(scheduler_G=scheduler_G, scheduler_D=scheduler_D, k_t=k_t)
     start = run.restore(state)
 
@@ -192,7 +194,7 @@ def train(opt):
         return generator(torch.rand(n, opt.latent_dim, device=device, generator=rng) * 2 - 1), None
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
-        return run.scorer.write_fakes(run, generator, fakes, opt.generate)
+        return run.scorer.write_fakes(run, ema_G.module, fakes, opt.generate)
 
     real_batches = iter(batches)
     for step in run.progress(start):
@@ -227,16 +229,17 @@ def train(opt):
         scaler_G.scale(loss_G).backward()
         scaler_G.step(optimizer_G)
         scaler_G.update()
+        ema_G.update_parameters(generator)
         if opt.lr_patience:
             scheduler_G.step(m_global)
             scheduler_D.step(m_global)
 
         lr = optimizer_G.param_groups[0]["lr"]
         run.log(step, loss_D=loss_D, loss_G=loss_G, L_x=loss_real, L_G_z=loss_fake, k_t=k_t, M=m_global, lr=lr)
-        run.sample(step, generator, fixed_z)
-        run.score(step, generator, fakes)
+        run.sample(step, ema_G.module, fixed_z)
+        run.score(step, ema_G.module, fakes)
         run.checkpoint(step, state)
-    return run.finish(generator, fakes)
+    return run.finish(ema_G.module, fakes)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import argparse
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import common
 
@@ -165,6 +166,7 @@ def train(opt):
         Generator(opt.latent_dim, data.n_classes, opt.channels, opt.img_size, opt.ngf).to(device).apply(init_weights)
     )
     discriminator = Discriminator(data.n_classes, opt.channels, opt.img_size, opt.ndf).to(device).apply(init_weights)
+    ema_G = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(opt.ema), use_buffers=True)  # before DDP/compile
     generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
     optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
@@ -174,7 +176,7 @@ def train(opt):
     scaler_G = torch.amp.GradScaler(device.type, enabled=scaling)
     fixed_z = torch.randn(64, opt.latent_dim, device=device)  # the same z for every grid: how G(z|y) evolves
     state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
-    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z)
+    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z, ema_G=ema_G)
     start = run.restore(state)
 
     def fakes(generator, n, rng):
@@ -183,12 +185,12 @@ def train(opt):
         return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng), labels), labels
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
-        return run.scorer.write_fakes(run, generator, fakes, opt.generate)
+        return run.scorer.write_fakes(run, ema_G.module, fakes, opt.generate)
     if opt.label is not None:  # --resume RUN --label N: only draw class N for every fixed z from the checkpoint
         if opt.label >= data.n_classes:
             classes = f"{data.n_classes} classes, 0..{data.n_classes - 1} ({', '.join(data.classes)})"
             raise common.UsageError(f"--label {opt.label}: {data.name} has {classes}")
-        with common.evaluating(generator) as net:  # running statistics: an image depends on its (z, y) alone
+        with common.evaluating(ema_G.module) as net:  # running statistics: an image depends on its (z, y) alone
             images = net(fixed_z, torch.full((len(fixed_z),), opt.label, device=device))
         path = run.save_grid(images, f"label{opt.label}_{start:07d}.png")
         print(f"class {opt.label} ({data.classes[opt.label]}) at step {start}: {path}")
@@ -225,12 +227,13 @@ def train(opt):
         scaler_G.scale(loss_G).backward()
         scaler_G.step(optimizer_G)
         scaler_G.update()
+        ema_G.update_parameters(generator)
 
         run.log(step, loss_D=loss_D, loss_G=loss_G, D_x=d_real.sigmoid().mean(), D_G_z=d_fake.sigmoid().mean())
-        run.sample(step, generator, *grid)  # row k is class k, column j the same noise fixed_z[j]
-        run.score(step, generator, fakes)
+        run.sample(step, ema_G.module, *grid)  # row k is class k, column j the same noise fixed_z[j]
+        run.score(step, ema_G.module, fakes)
         run.checkpoint(step, state)
-    return run.finish(generator, fakes)
+    return run.finish(ema_G.module, fakes)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import argparse
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import common
 
@@ -180,6 +181,7 @@ def train(opt):
 
     generator = CoupledGenerators(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device).apply(init_weights)
     discriminator = CoupledDiscriminators(opt.channels, opt.img_size, opt.ndf).to(device).apply(init_weights)
+    ema_G = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(opt.ema), use_buffers=True)  # before DDP/compile
     generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
     optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
@@ -190,6 +192,7 @@ def train(opt):
     fixed_z = torch.randn(32, opt.latent_dim, device=device)  # the same z for every grid: how G(z) evolves
     state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
     state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, batches_b=batches_b, fixed_z=fixed_z)
+    state.update(ema_G=ema_G)
     start = run.restore(state)
 
     def fakes(generator, n, rng):
@@ -197,7 +200,7 @@ def train(opt):
         return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng))[0], None
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
-        return run.scorer.write_fakes(run, generator, fakes, opt.generate)
+        return run.scorer.write_fakes(run, ema_G.module, fakes, opt.generate)
 
     print(f"domain A: {len(data_a)} images, domain B: {len(data_b)} images")
     real_batches, real_batches_b = iter(batches), iter(batches_b)
@@ -229,12 +232,13 @@ def train(opt):
         scaler_G.scale(loss_G).backward()
         scaler_G.step(optimizer_G)
         scaler_G.update()
+        ema_G.update_parameters(generator)
 
         run.log(step, loss_D=loss_D, loss_G=loss_G, D_x=d_real.sigmoid().mean(), D_G_z=d_fake.sigmoid().mean())
-        run.sample(step, generator, fixed_z)  # G1(z), G2(z) side by side: 4 pairs a row
-        run.score(step, generator, fakes)
+        run.sample(step, ema_G.module, fixed_z)  # G1(z), G2(z) side by side: 4 pairs a row
+        run.score(step, ema_G.module, fakes)
         run.checkpoint(step, state)
-    return run.finish(generator, fakes)
+    return run.finish(ema_G.module, fakes)
 
 
 if __name__ == "__main__":

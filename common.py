@@ -92,10 +92,10 @@ def number(kind, low, inclusive=False, below=math.inf):
 
 positive_int, nonnegative_int = number(int, 0), number(int, 0, inclusive=True)
 positive_float, nonnegative_float = number(float, 0.0), number(float, 0.0, inclusive=True)
-adam_beta = number(float, 0.0, inclusive=True, below=1.0)
+adam_beta = ema_decay = number(float, 0.0, inclusive=True, below=1.0)  # in [0, 1)
 
 
-def add_run_args(parser):
+def add_run_args(parser, ema=0.995):
     """The flags of the run rather than the GAN, the same in every script, as their own group."""
     run = parser.add_argument_group("run").add_argument
     run("--out", default="runs", help="folder that receives the run folder")
@@ -116,6 +116,7 @@ def add_run_args(parser):
     run("--save_fakes", type=nonnegative_int, default=0, help="write this many fakes as PNGs at the end")
     run("--generate", type=positive_int, help="with --resume: write this many fakes and exit")
     run("--tensorboard", action="store_true", help="also log to <run>/tensorboard; needs plots.py")
+    run("--ema", type=ema_decay, default=ema, help="decay of G's moving average, which draws samples and fakes; 0: G")
 
 
 def is_main():  # whether this process writes the run folder and prints: rank 0, or the only one

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import datetime
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -59,6 +60,7 @@ RATES = dict(dcgan=7.9, lsgan=7.6, cgan=7.6, cogan=5.0, wgan=5.5, wgan_gp=3.9, b
 # Flags that compare.py sets itself (or that its budget overrides), refused in --script_args.
 OWN_FLAGS = (
     "--img_size", "--out", "--resume", "--n_iters", "--n_epochs", "--fid", "--fcd", "--fid_interval", "--generate",
+    "--ema",
 )  # fmt: skip
 # --n_iters under --minutes: more generator steps than any time budget reaches, so the clock ends the run.
 TIME_BUDGET_STEPS = 10**9
@@ -124,6 +126,11 @@ def parse_args(argv=None):
         + ": about 3 minutes each on 2 CPU cores with digits, under 30 minutes for all seven)",
     )
     budget.add_argument(
+        "--defaults",
+        action="store_true",
+        help="each script at its own defaults for the data set (steps, image size); G and its average scored apart",
+    )
+    budget.add_argument(
         "--minutes",
         type=common.positive_float,
         help="minutes of training for every script, scoring during training included; each is then stopped "
@@ -155,19 +162,22 @@ def parse_args(argv=None):
         metavar="[SCRIPT:]FLAGS",
         help="more flags for the scripts: '--batch_size 32' for all of them, 'began: --h_dim 32' for one; repeatable",
     )
+    arg("--ema", type=common.ema_decay, default=0.995, help="the decay of G's average, which draws the grids; 0: G")
     arg("--out", default="compare", help="results go to <out>/<dataset>/, run folders to <out>/<dataset>/runs/")
     arg("--retrain", action="store_true", help="train every script afresh instead of reusing earlier runs")
     arg("--plot", metavar="RUN_DIR", help="only redraw losses.png and progress.gif in one run folder and exit")
     opt = parser.parse_args(argv)
     opt.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]  # for results.md: how it was made
-    opt.img_size = opt.img_size or common.DATASETS[opt.dataset]["img_size"]
+    if opt.defaults and opt.img_size:
+        parser.error("--defaults trains each script at its own image size: drop --img_size")
+    opt.img_size = None if opt.defaults else opt.img_size or common.DATASETS[opt.dataset]["img_size"]
     try:
         opt.extra = split_script_args(
             opt.script_args,
             SCRIPTS,
             OWN_FLAGS,
             "compare.py",
-            hint=" (use --img_size, --steps, --minutes, --fid, --evals, --out)",
+            hint=" (use --img_size, --steps, --defaults, --minutes, --fid, --evals, --ema, --out)",
         )
     except common.UsageError as error:
         parser.error(str(error))
@@ -182,7 +192,7 @@ def compare_one(script, opt, folder):
     a dict with script, status (trained, reused or failed), run_dir, summary and error."""
     key = run_key(script, opt)
     run_dir = None if opt.retrain else find_run(folder / "runs", key)
-    result = dict(script=script, status="trained", run_dir=run_dir, summary=None, error=None)
+    result = dict(script=script, status="trained", run_dir=run_dir, summary=None, error=None, G=None)
     if run_dir and (run_dir / "summary.json").exists():
         changed = json.loads((run_dir / "compare.json").read_text()).get("code") != script_hash(script)
         print(
@@ -191,6 +201,10 @@ def compare_one(script, opt, folder):
         )
         result.update(status="reused", summary=read_summary(run_dir))
         print(f"{script}: {describe(result['summary'])}")
+        if opt.defaults:
+            done = (run_dir / "G" / "summary.json").exists()
+            flag = "--fid" if opt.fid else "--fcd"
+            result["G"] = read_summary(run_dir / "G") if done else score_g_itself(script, run_dir, flag, folder, key)
         return result
 
     scores = ["--fid"] if opt.fid else ["--fcd"]
@@ -207,8 +221,9 @@ def compare_one(script, opt, folder):
         if opt.minutes:
             limit -= checkpoint["seconds"]
     else:
-        command = ["--dataset", opt.dataset, "--data_root", opt.data_root, "--img_size", str(opt.img_size)]
-        command += ["--out", str(folder / "runs"), *scores, *opt.extra[script]]
+        command = ["--dataset", opt.dataset, "--data_root", opt.data_root, "--out", str(folder / "runs")]
+        command += ["--ema", str(opt.ema), *([] if opt.defaults else ["--img_size", str(opt.img_size)])]
+        command += [*scores, *opt.extra[script]]
         print(
             f"{script}: training "
             + (f"for {opt.minutes:g} minutes" if opt.minutes else f"{budget_steps(script, opt)} steps")
@@ -234,6 +249,8 @@ def compare_one(script, opt, folder):
     if code == 0 and run_dir and (run_dir / "summary.json").exists():
         result["summary"] = read_summary(run_dir)
         print(f"{script}: {describe(result['summary'])}")
+        if opt.defaults:
+            result["G"] = score_g_itself(script, run_dir, scores[0], folder, key)
     else:
         result.update(status="failed", error=error or (f"exit code {code}" if code else "it wrote no summary.json"))
         print(f"{script}: FAILED: {result['error']} (its output: {folder / 'logs' / script}.out and .err)")
@@ -243,6 +260,7 @@ def compare_one(script, opt, folder):
 def run_key(script, opt):
     """What must match for a run to be reused: data, budget, scoring and flags."""
     budget = dict(minutes=opt.minutes) if opt.minutes else dict(steps=budget_steps(script, opt))
+    budget.update(ema=opt.ema, **(dict(defaults=True) if opt.defaults else {}))
     return dict(
         script=script,
         dataset=opt.dataset,
@@ -261,7 +279,27 @@ def script_hash(script):
 
 
 def budget_steps(script, opt):
+    if opt.defaults:  # the script's own default for the data set
+        return importlib.import_module(script).DATASET_DEFAULTS[opt.dataset]["n_iters"]
     return opt.steps or DEFAULT_STEPS[script]
+
+
+def score_g_itself(script, run_dir, measure, folder, key):
+    """The scores of G itself, where the run's grids and scores are its average's: a copy of the checkpoint
+    in <run>/G whose average is G's weights, resumed at its step (no training) and scored; its summary."""
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    averaged = {f"module.{name}": value for name, value in checkpoint["generator"].items()}
+    checkpoint["ema_G"] = dict(averaged, n_averaged=checkpoint["ema_G"]["n_averaged"])
+    (run_dir / "G").mkdir(exist_ok=True)
+    torch.save(checkpoint, run_dir / "G" / "checkpoint.pt")
+    resume = ["--resume", str(run_dir / "G"), "--n_iters", str(checkpoint["step"]), measure]
+    code, _, error = run_script(script, resume, folder, key, run_dir / "G", append=True)
+    if code != 0 or not (run_dir / "G" / "summary.json").exists():
+        print(f"{script}: scoring G itself FAILED: {error or f'exit code {code}'}")
+        return None
+    summary = read_summary(run_dir / "G")
+    print(f"{script}: G itself, {describe(summary)}")
+    return summary
 
 
 def find_run(runs, key):
@@ -494,14 +532,17 @@ def results_table(results, noise, opt, folder, measure):
         if any(name in (r.get("summary") or {}) for r in results)
     ]
     names = dict(fid="FID ↓", fcd="FCD ↓", confident="confident", classes="classes")
+    alone = [f"{measure.upper()} of G alone ↓"] if opt.defaults else []  # the other columns: G's average
+    header = [names[s] for s in scores] + alone
     lines = [
-        "| rank | script | steps | wall time | " + " | ".join(names[s] for s in scores) + " | final samples |",
-        "|---:|---|---:|---:|" + "---:|" * len(scores) + "---|",
+        "| rank | script | steps | wall time | " + " | ".join(header) + " | final samples |",
+        "|---:|---|---:|---:|" + "---:|" * len(header) + "---|",
     ]
     rank = 0
     for row in rows:
         if row["kind"] == "noise":
-            cells = ["", "*uniform noise*", "", "", *(format_score(s, noise.get(s)) for s in scores), ""]
+            cells = ["", "*uniform noise*", "", "", *(format_score(s, noise.get(s)) for s in scores)]
+            cells += [""] * (len(alone) + 1)
         elif row["summary"]:
             rank += 1
             summary = row["summary"]
@@ -512,6 +553,7 @@ def results_table(results, noise, opt, folder, measure):
                 str(summary["step"]),
                 format_time(summary["seconds"]),
                 *(format_score(s, summary.get(s)) for s in scores),
+                *[format_score(measure, (row["G"] or {}).get(measure))] * len(alone),
                 f'<img src="{image.as_posix()}" width="128">' if image else "",
             ]
         else:
@@ -520,7 +562,7 @@ def results_table(results, noise, opt, folder, measure):
                 row["script"],
                 "",
                 "",
-                *(["failed"] + [""] * (len(scores) - 1) if scores else []),
+                *(["failed"] + [""] * (len(scores) + len(alone) - 1) if scores else []),
                 (row["error"] or "").replace("|", "/"),
             ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -535,6 +577,9 @@ def results_table(results, noise, opt, folder, measure):
     budget = (
         f"{opt.minutes:g} minutes of training each"
         if opt.minutes
+        else f"each script's own defaults for {opt.dataset} (its steps and image size); the grids and scores are "
+        f"of G's moving average (decay {opt.ema:g}), the column 'of G alone' of the same run's G"
+        if opt.defaults
         else f"{opt.steps} generator steps each"
         if opt.steps
         else "generator steps per script from compare.py's DEFAULT_STEPS"

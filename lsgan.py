@@ -23,6 +23,7 @@ import argparse
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import common
 
@@ -147,6 +148,7 @@ def train(opt):
 
     generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device).apply(init_weights)
     discriminator = Discriminator(opt.channels, opt.img_size, opt.ndf).to(device).apply(init_weights)
+    ema_G = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(opt.ema), use_buffers=True)  # before DDP/compile
     generator, discriminator = common.distribute(opt, generator, discriminator)  # --compile; DDP under torchrun
     optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
@@ -157,7 +159,7 @@ def train(opt):
     a, b, c = CODINGS[opt.coding]
     fixed_z = torch.randn(64, opt.latent_dim, device=device)  # the same z for every grid: how G(z) evolves
     state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
-    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z)
+    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z, ema_G=ema_G)
     start = run.restore(state)
 
     def fakes(generator, n, rng):
@@ -165,7 +167,7 @@ def train(opt):
         return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng)), None
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
-        return run.scorer.write_fakes(run, generator, fakes, opt.generate)
+        return run.scorer.write_fakes(run, ema_G.module, fakes, opt.generate)
 
     real_batches = iter(batches)
     for step in run.progress(start):
@@ -195,12 +197,13 @@ def train(opt):
         scaler_G.scale(loss_G).backward()
         scaler_G.step(optimizer_G)
         scaler_G.update()
+        ema_G.update_parameters(generator)
 
         run.log(step, loss_D=loss_D, loss_G=loss_G, D_x=d_real.mean(), D_G_z=d_fake.mean())
-        run.sample(step, generator, fixed_z)
-        run.score(step, generator, fakes)
+        run.sample(step, ema_G.module, fixed_z)
+        run.score(step, ema_G.module, fakes)
         run.checkpoint(step, state)
-    return run.finish(generator, fakes)
+    return run.finish(ema_G.module, fakes)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import common
 
@@ -162,6 +163,7 @@ def train(opt):
     generator = Generator(opt.latent_dim, opt.channels, opt.img_size, opt.ngf).to(device).apply(init_weights)
     discriminator = Critic(opt.channels, opt.img_size, opt.ndf).to(device).apply(init_weights)
     # --compile leaves the critic eager: compiled code has no double backward, which the penalty needs.
+    ema_G = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(opt.ema), use_buffers=True)  # before DDP/compile
     generator, discriminator = common.distribute(opt, generator, discriminator, compile=(opt.compile, False))
     optimizer_G = torch.optim.Adam(generator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
     optimizer_D = torch.optim.Adam(discriminator.parameters(), opt.lr, (opt.b1, opt.b2), fused=device.type == "cuda")
@@ -171,7 +173,7 @@ def train(opt):
     scaler_G = torch.amp.GradScaler(device.type, enabled=scaling)
     fixed_z = torch.randn(64, opt.latent_dim, device=device)  # the same z for every grid: how G(z) evolves
     state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
-    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z)
+    state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z, ema_G=ema_G)
     start = run.restore(state)
 
     def fakes(generator, n, rng):
@@ -179,7 +181,7 @@ def train(opt):
         return generator(torch.randn(n, opt.latent_dim, device=device, generator=rng)), None
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
-        return run.scorer.write_fakes(run, generator, fakes, opt.generate)
+        return run.scorer.write_fakes(run, ema_G.module, fakes, opt.generate)
 
     real_batches = iter(batches)
     for step in run.progress(start):
@@ -210,14 +212,15 @@ def train(opt):
         scaler_G.scale(loss_G).backward()
         scaler_G.step(optimizer_G)
         scaler_G.update()
+        ema_G.update_parameters(generator)
 
         at = dict(real=real, fake=fake) if opt.log_grad_norms else {}  # through the bare critic: DDP would wait
         norms = {f"grad_norm_{name}": input_gradient_norm(common.unwrap(discriminator), x) for name, x in at.items()}
         run.log(step, loss_D=loss_D, loss_G=loss_G, W_estimate=-critic_loss(d_real, d_fake), grad_norm=at_xhat, **norms)
-        run.sample(step, generator, fixed_z)
-        run.score(step, generator, fakes)
+        run.sample(step, ema_G.module, fixed_z)
+        run.score(step, ema_G.module, fakes)
         run.checkpoint(step, state)
-    return run.finish(generator, fakes)
+    return run.finish(ema_G.module, fakes)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,9 @@ def test_critic_pictures(tmp_path):
         (["--script_args", "--n_epochs 2"], "compare.py sets --n_epochs itself"),  # the budget is in steps
         (["--script_args", "dcgan: --n_it 5"], "compare.py sets --n_iters itself"),  # an abbreviation of it
         (["--scr", "dcgan"], "unrecognized arguments: --scr"),  # no abbreviations of its own flags either
+        (["--defaults", "--img_size", "32"], "--defaults trains each script at its own image size"),
+        (["--defaults", "--steps", "5"], "not allowed with argument"),
+        (["--script_args", "--ema 0"], "compare.py sets --ema itself"),
     ],
 )
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
@@ -211,3 +214,21 @@ def test_a_time_budget_stops_each_run_and_scores_where_it_stopped(tmp_path, scor
     compare.main(compare.parse_args(argv))
     assert f"dcgan: continuing {run_dir} from step {step}" in capsys.readouterr().out
     assert json.loads((run_dir / "summary.json").read_text())["step"] == step
+
+
+def test_defaults_scores_g_alone_beside_its_average(tmp_path, scoring_root, scripts, monkeypatch):
+    """--defaults: a run's grids and scores are G's average, and a copy of its checkpoint whose average is G
+    scores G alone, as the same run trained with --ema 0 (G itself draws) does: the EMA costs no second run."""
+    monkeypatch.setattr(compare, "ROOT", scripts)
+    args = [*TINY, *SCRIPTS["dcgan"], "--n_iters", 30, "--fcd", "--fid_samples", 64, "--data_root", scoring_root]
+    averaged = train_script("dcgan", tmp_path / "a", *args, "--ema", 0.9)
+    plain = train_script("dcgan", tmp_path / "b", *args, "--ema", 0)
+    alone = compare.score_g_itself("dcgan", averaged.dir, "--fcd", tmp_path, dict(script="dcgan", dataset="digits"))
+    assert alone["step"] == 30 and alone["fcd"] == pytest.approx(plain.scores["fcd"], rel=1e-4)
+    assert alone["fcd"] != pytest.approx(averaged.scores["fcd"], rel=1e-2)
+    opt = compare.parse_args(["--defaults"])
+    assert (
+        opt.img_size is None
+        and compare.budget_steps("began", opt)
+        == compare.importlib.import_module("began").DATASET_DEFAULTS["digits"]["n_iters"]
+    )

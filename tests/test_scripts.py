@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import common
+import dcgan
 from conftest import ROOT, SCRIPT_ENV, read_metrics, train_script, write_images
 
 # Per script: tiny network flags that keep a step cheap. A new script joins the suite with one line.
@@ -43,6 +44,7 @@ def test_trains_and_writes_run_folder(script, tmp_path):
     checkpoint = torch.load(run.checkpoint_path, weights_only=True)  # tensors and plain values only
     assert {"generator", "discriminator", "optimizer_G", "optimizer_D", "batches", "step", "args"} <= set(checkpoint)
     assert checkpoint["step"] == 3 and checkpoint["args"]["img_size"] == 16
+    assert checkpoint["ema_G"]["n_averaged"] == 3  # G's average moves on generator steps only (wgan: 5 D steps each)
     assert (run.dir / "config.json").exists()
 
 
@@ -55,6 +57,8 @@ def test_resume_continues_exactly(script, tmp_path):
     assert resumed.dir == first.dir  # a resumed run keeps writing into its own folder
     assert torch.load(resumed.checkpoint_path, weights_only=True)["step"] == 5
     assert read_metrics(resumed.dir) == read_metrics(straight.dir)
+    averages = [torch.load(run.checkpoint_path, weights_only=True)["ema_G"] for run in (straight, resumed)]
+    assert all(torch.equal(a, b) for a, b in zip(*(average.values() for average in averages), strict=True))
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -97,6 +101,27 @@ def test_compile_trains_with_the_same_checkpoint_keys(script, tmp_path, monkeypa
     assert load(compiled)["generator"].keys() == load(eager)["generator"].keys()
     for a, b in zip(read_metrics(compiled.dir), read_metrics(eager.dir)):
         assert all(float(a[k]) == pytest.approx(float(b[k]), rel=1e-3, abs=1e-4) for k in a)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("decay", [0.5, 0.0])
+def test_the_grids_are_drawn_by_the_average_of_g(decay, compile, tmp_path, monkeypatch):
+    """--ema: G's moving average draws the grids (--ema 0: G itself), compiled or not. The scripts copy G before
+    compiling it (in some torch versions a copy of a net compiled in place still runs the original)."""
+    compile_in_place = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compile_in_place(self, backend="aot_eager"))
+    drawn = []
+    monkeypatch.setattr(common.Run, "save_grid", lambda self, images, name: drawn.append(images))
+    flags = ["--n_iters", 3, "--ema", decay] + ["--compile"] * compile
+    run = train_script("dcgan", tmp_path, *TINY, *SCRIPTS["dcgan"], *flags)
+    checkpoint = torch.load(run.checkpoint_path, weights_only=True)
+    average, plain = dcgan.Generator(8, 1, 16, 8), dcgan.Generator(8, 1, 16, 8)
+    average.load_state_dict({k.removeprefix("module."): v for k, v in checkpoint["ema_G"].items() if k != "n_averaged"})
+    plain.load_state_dict(checkpoint["generator"])
+    with torch.no_grad():
+        expected, of_g = average.eval()(checkpoint["fixed_z"]), plain.eval()(checkpoint["fixed_z"])
+    assert torch.allclose(drawn[-1], expected, atol=1e-6)
+    assert torch.allclose(expected, of_g, atol=1e-6) == (decay == 0.0)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
