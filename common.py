@@ -95,7 +95,7 @@ positive_float, nonnegative_float = number(float, 0.0), number(float, 0.0, inclu
 adam_beta = ema_decay = number(float, 0.0, inclusive=True, below=1.0)  # in [0, 1)
 
 
-def add_run_args(parser, ema=0.995):
+def add_run_args(parser, ema=0.0):
     """The flags of the run rather than the GAN, the same in every script, as their own group."""
     run = parser.add_argument_group("run").add_argument
     run("--out", default="runs", help="folder that receives the run folder")

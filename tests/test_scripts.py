@@ -50,14 +50,15 @@ def test_trains_and_writes_run_folder(script, tmp_path):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_resume_continues_exactly(script, tmp_path):
-    straight = train_script(script, tmp_path / "a", *TINY, *SCRIPTS[script], "--n_iters", 5)
-    first = train_script(script, tmp_path / "b", *TINY, *SCRIPTS[script], "--n_iters", 3)
+    straight = train_script(script, tmp_path / "a", *TINY, *SCRIPTS[script], "--n_iters", 5, "--ema", 0.5)
+    first = train_script(script, tmp_path / "b", *TINY, *SCRIPTS[script], "--n_iters", 3, "--ema", 0.5)
     resumed = train_script(script, tmp_path / "c", "--resume", first.dir, "--n_iters", 5)
 
     assert resumed.dir == first.dir  # a resumed run keeps writing into its own folder
     assert torch.load(resumed.checkpoint_path, weights_only=True)["step"] == 5
     assert read_metrics(resumed.dir) == read_metrics(straight.dir)
     averages = [torch.load(run.checkpoint_path, weights_only=True)["ema_G"] for run in (straight, resumed)]
+    assert averages[0]["n_averaged"] == 5  # G's average, resumed from the checkpoint and not begun again
     assert all(torch.equal(a, b) for a, b in zip(*(average.values() for average in averages), strict=True))
 
 
