@@ -68,24 +68,24 @@ def test_k_t_and_the_lr_schedule_resume_exactly(tmp_path):
     train_script("began", tmp_path / "c", "--resume", first.dir, "--n_iters", 8)
     rows = read_metrics(straight.dir)
     assert read_metrics(first.dir) == rows
-    assert float(rows[2]["lr"]) == 1e-4 > float(rows[3]["lr"])  # the halving right after the stop needs the counts
+    assert float(rows[2]["lr"]) == 4e-4 > float(rows[3]["lr"])  # G's rate; halved after the stop: counts resumed
 
 
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        ([], (2240, 16, 1.0, 0.01)),  # digits: the settings that keep G from collapsing onto one stroke
-        (["--dataset", "mnist"], (18750, 32, 0.5, 0.001)),  # every other data set: the paper's
-        (["--dataset", "folder"], (8000, 64, 0.5, 0.001)),
+        ([], (2240, 32, 1.0, 0.01, 16, 5e-5, 4e-4)),  # digits: the settings that keep G from collapsing
+        (["--dataset", "mnist"], (18750, 32, 0.5, 0.001, 64, 1e-4, None)),  # every other data set: the paper's
+        (["--dataset", "folder"], (8000, 64, 0.5, 0.001, 64, 1e-4, None)),
         (
-            ["--gamma", "0.5", "--lambda_k", "0.001", "--img_size", "32", "--n_iters", "9"],
-            (9, 32, 0.5, 0.001),
+            ["--gamma", "0.5", "--lambda_k", "0.001", "--img_size", "16", "--n_iters", "9", "--lr_G", "1e-4"],
+            (9, 16, 0.5, 0.001, 16, 5e-5, 1e-4),
         ),  # flags win
     ],
 )
 def test_digits_have_their_own_defaults(argv, expected):
     opt = began.parse_args(argv)
-    assert (opt.n_iters, opt.img_size, opt.gamma, opt.lambda_k) == expected
+    assert (opt.n_iters, opt.img_size, opt.gamma, opt.lambda_k, opt.batch_size, opt.lr, opt.lr_G) == expected
 
 
 @pytest.mark.parametrize("size", [16, 28, 32, 48, 64, 96])
@@ -105,9 +105,9 @@ def test_other_sizes_are_refused(size):
 def test_learning_rate_halves_only_when_asked(tmp_path):
     decayed = train_script("began", tmp_path / "a", *TINY, "--lr_patience", 1, "--n_iters", 8)
     lrs = [float(row["lr"]) for row in read_metrics(decayed.dir)]
-    assert lrs[0] == 1e-4 and min(lrs) < 1e-4 and lrs == sorted(lrs, reverse=True)
+    assert lrs[0] == 4e-4 and min(lrs) < 4e-4 and lrs == sorted(lrs, reverse=True)  # G's rate on the digits
     constant = train_script("began", tmp_path / "b", *TINY, "--lr_patience", 0, "--n_iters", 8)
-    assert {float(row["lr"]) for row in read_metrics(constant.dir)} == {1e-4}
+    assert {float(row["lr"]) for row in read_metrics(constant.dir)} == {4e-4}
 
 
 def test_lego_photos(shared_data, tmp_path):
