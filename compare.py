@@ -147,7 +147,7 @@ def parse_args(argv=None):
         "--img_size",
         type=common.positive_int,
         help="the one image size every script trains and is scored at, so that the scores compare "
-        "(default: per data set, 32 for digits, where began.py alone would choose 16)",
+        "(default: per data set, 32 for digits)",
     )
     arg(
         "--evals",
