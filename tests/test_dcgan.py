@@ -1,26 +1,29 @@
-"""dcgan.py's losses on fixed numbers, computed by hand, and a short run in which D tells real from fake."""
+"""dcgan.py's losses (cgan.py's are the same: tested here too) on fixed numbers, computed by hand, and a short
+run in which D tells real from fake."""
 
 import math
 
 import pytest
 import torch
 
+import cgan
 import dcgan
 from conftest import log_sigmoid, read_metrics, train_script
 
 TINY = ["--img_size", 16, "--batch_size", 16, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--sample_interval", 50]
 
 
-def test_losses_by_hand():
+@pytest.mark.parametrize("script", [dcgan, cgan], ids=["dcgan", "cgan"])  # cgan's losses are DCGAN's, conditioned
+def test_losses_by_hand(script):
     """On fixed logits: D's loss takes real as 1 and fake as 0, G's is the non-saturating -log D(G(z))."""
     real, fake = [2.0, -1.0, 0.5], [-3.0, 1.5]
     d_loss = -sum(map(log_sigmoid, real)) / 3 - sum(log_sigmoid(-f) for f in fake) / 2  # log(1 - s(f)) = log s(-f)
-    assert dcgan.discriminator_loss(torch.tensor(real), torch.tensor(fake)).item() == pytest.approx(d_loss, rel=1e-6)
-    assert dcgan.generator_loss(torch.tensor(fake)).item() == pytest.approx(-sum(map(log_sigmoid, fake)) / 2, rel=1e-6)
+    assert script.discriminator_loss(torch.tensor(real), torch.tensor(fake)).item() == pytest.approx(d_loss, rel=1e-6)
+    assert script.generator_loss(torch.tensor(fake)).item() == pytest.approx(-sum(map(log_sigmoid, fake)) / 2, rel=1e-6)
     # Where D rejects a fake (logit -10) G's gradient stays strong: d/dl -log s(l) = -(1 - s(l)) ~ -1, where the
     # saturating log(1 - s(l)) would give -s(l) ~ -5e-5.
     logits = torch.tensor([-10.0], requires_grad=True)
-    dcgan.generator_loss(logits).backward()
+    script.generator_loss(logits).backward()
     assert logits.grad.item() == pytest.approx(-1 / (1 + math.exp(-10)), rel=1e-4)
 
 
