@@ -55,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="D's width at its first layer")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between grids")
     parser.add_argument("--label", type=common.nonnegative_int, help="with --resume: draw a grid of this class, exit")
-    common.add_run_args(parser)
+    common.add_run_args(parser, ema=0.995)
     opt = parser.parse_args(argv)
     if opt.label is not None and not opt.resume:
         parser.error("--label draws from a trained generator: pass --resume RUN_FOLDER with it")

@@ -48,7 +48,7 @@ def parse_args(argv=None):
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="G's width at its last hidden layer")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="the critic's width at its first layer")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between grids")
-    common.add_run_args(parser)
+    common.add_run_args(parser, ema=0.995)
     return parser.parse_args(argv)
 
 
