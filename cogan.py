@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import common
 
-# Generator steps per data set (--n_iters): two GANs a step; about 80 passes over the digits, 20 over MNIST.
+# Generator steps per data set (--n_iters): two GANs a step, each on its half; a pass is 14 steps over the digits.
 DATASET_DEFAULTS = dict(
     digits=dict(n_iters=2240), mnist=dict(n_iters=18750), fashion=dict(n_iters=18750), cifar10=dict(n_iters=23400),
     anime=dict(n_iters=8000), folder=dict(n_iters=8000),
