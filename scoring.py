@@ -10,6 +10,7 @@ and Inception statistics cached beside the data (<data_root>/fid_stats, or <fold
 unpickled: caches and the Inception weights are read with weights_only=True.
 """
 
+import csv
 import hashlib
 import io
 import os
@@ -223,10 +224,22 @@ class Scorer:
 
     def finish(self, run, generator, fakes):
         """At the end of training: the scores at the last step (unless scored there), then --save_fakes."""
-        if (self.opt.fid or self.opt.fcd) and self.scored_at != run.step:
+        if (self.opt.fid or self.opt.fcd) and self.scored_at != run.step and not self._scored_before(run):
             self.score(run, run.step, generator, fakes)
         if self.opt.save_fakes:
             self.write_fakes(run, generator, fakes, self.opt.save_fakes)
+
+    def _scored_before(self, run):
+        """Whether scores.csv ends at run.step with every score asked for (a finished run resumed as it is,
+        as compare.py does): then run.scores are read back from it, not scored and written a second time."""
+        path = run.dir / "scores.csv"
+        rows = list(csv.DictReader(path.open())) if common.is_main() and path.exists() else []
+        names = ["fid"] * self.opt.fid + ["fcd", "confident", "classes"] * self.opt.fcd
+        if not rows or rows[-1]["step"] != str(run.step) or not all(rows[-1].get(name) for name in names):
+            return False
+        run.scores = {name: int(rows[-1][name]) if name == "classes" else float(rows[-1][name]) for name in names}
+        self.scored_at = run.step
+        return True
 
     def write_fakes(self, run, generator, fakes, n):
         """n fakes as PNG files in <run>/fakes (a folder per class where they have labels), the input of

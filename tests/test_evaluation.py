@@ -129,6 +129,17 @@ def test_scores_at_intervals_leave_training_unchanged(tmp_path, scoring_root):
     assert read_metrics(scored.dir) == read_metrics(plain.dir)
 
 
+def test_a_finished_run_resumed_as_it_is_reads_its_last_scores_back(tmp_path, scoring_root):
+    args = ["--n_iters", 2, "--fcd", "--fid_samples", 32, "--data_root", scoring_root]
+    run = train_script("dcgan", tmp_path / "run", *TINY, *args)
+    rows = read_metrics(run.dir, "scores.csv")
+    again = train_script("dcgan", tmp_path / "unused", "--resume", run.dir, *args)  # compare.py's reuse
+    assert read_metrics(run.dir, "scores.csv") == rows and again.scorer.scored_at == 2  # one row, not scored twice
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert summary["fcd"] == pytest.approx(float(rows[0]["fcd"]), rel=1e-5)
+    assert summary["classes"] == int(rows[0]["classes"])
+
+
 def test_classifier_measure_tells_digits_from_noise(scoring_root):
     measure = scorer("--fcd", "--fid_samples", 256, root=scoring_root)
     saved = torch.load(scoring_root / "fid_stats" / "classifier_digits_16x1.pt", weights_only=True)
