@@ -31,8 +31,8 @@ def test_losses_are_zero_at_the_codes():
 
 def test_paper_defaults_and_codings():
     opt = lsgan.parse_args([])
-    assert (opt.coding, opt.lr, opt.b1, opt.b2, opt.n_critic, opt.n_iters) == ("01", 2e-4, 0.5, 0.999, 1, 4480)
-    assert opt.ema == 0 and lsgan.parse_args(["--ema", 0.99]).ema == 0.99  # G itself draws, unless asked
+    assert (opt.coding, opt.lr, opt.b1, opt.b2, opt.n_critic, opt.n_iters) == ("01", 2e-4, 0.5, 0.999, 1, 5600)
+    assert opt.ema == 0.995 and lsgan.parse_args(["--ema", 0]).ema == 0  # G's average draws, unless asked
     assert lsgan.CODINGS == {"01": (0.0, 1.0, 1.0), "pearson": (-1.0, 1.0, 0.0)}
     assert lsgan.parse_args(["--coding", "pearson"]).coding == "pearson"
 
