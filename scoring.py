@@ -233,7 +233,7 @@ class Scorer:
         """Whether scores.csv ends at run.step with every score asked for (a finished run resumed as it is,
         as compare.py does): then run.scores are read back from it, not scored and written a second time."""
         path = run.dir / "scores.csv"
-        rows = list(csv.DictReader(path.open())) if common.is_main() and path.exists() else []
+        rows = list(csv.DictReader(path.read_text().splitlines())) if common.is_main() and path.exists() else []
         names = ["fid"] * self.opt.fid + ["fcd", "confident", "classes"] * self.opt.fcd
         if not rows or rows[-1]["step"] != str(run.step) or not all(rows[-1].get(name) for name in names):
             return False
