@@ -10,8 +10,8 @@ critic D kept K-Lipschitz by clipping every weight to [-c, c], c = 0.01, before 
 Changes from DCGAN: an unbounded score (no sigmoid, no log), clipped weights (from the start: BatchNorm's gains are
 near 1); 5 critic steps a generator step (100 for the first 25 and every 500th, as in the authors' code); RMSprop 5e-5.
 The paper's lr and clip need many steps on the digits: the FCD of G's average (seed 0) falls from 21.4 at 1,220 steps
-to 14.8 at 3,050 and 10.1 at 7,320, the default. Neither RMSprop 2e-4 (14.4 at 3,050), Adam 1e-4, a clip of 0.03 nor
-a critic twice as wide (19.6 at 1,220, at twice the time a step) sped it up much.
+to 14.8 at 3,050, 10.1 at 7,320 and 6.9 at 14,640, the default. Neither RMSprop 2e-4 (14.4 at 3,050), Adam 1e-4, a
+clip of 0.03 nor a critic twice as wide (19.6 at 1,220, at twice the time a step) sped it up much.
 
 Run:
     python wgan.py                                                   # scikit-learn digits, CPU minutes
@@ -27,9 +27,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import common
 
-# Generator steps (--n_iters): digits 1,440 passes, 5 batches a step, width 32 (clipping needs many); else DCGAN's / 5.
+# Generator steps (--n_iters): digits 2,790 passes, 5 batches a step, width 32 (clipping needs many); else DCGAN's / 5.
 DATASET_DEFAULTS = dict(
-    digits=dict(n_iters=7320, ngf=32, ndf=32), mnist=dict(n_iters=3750), fashion=dict(n_iters=3750),
+    digits=dict(n_iters=14640, ngf=32, ndf=32), mnist=dict(n_iters=3750), fashion=dict(n_iters=3750),
     cifar10=dict(n_iters=4680), anime=dict(n_iters=1600), folder=dict(n_iters=1600),
 )  # fmt: skip
 

@@ -60,7 +60,7 @@ def test_critic_schedule():
 def test_paper_defaults():
     opt = wgan.parse_args([])
     assert (opt.lr, opt.n_critic, opt.n_critic_boost, opt.clip_value, opt.batch_size) == (5e-5, 5, 100, 0.01, 64)
-    assert (opt.n_iters, opt.ngf, opt.ndf) == (7320, 32, 32)  # digits: about 1,440 passes, at width 32
+    assert (opt.n_iters, opt.ngf, opt.ndf) == (14640, 32, 32)  # digits: about 2,790 passes, at width 32
     opt = wgan.parse_args(["--dataset", "mnist"])
     assert (opt.n_iters, opt.ngf, opt.ndf) == (3750, 64, 64)
 
