@@ -327,9 +327,6 @@ class Run:
             self.dir = shared[0]
         self.checkpoint_path = self.dir / "checkpoint.pt"
         self.step, self.seconds, self.signalled, self.stopping, self.scores = 0, 0.0, False, False, {}
-        if self.training:
-            config = dict(vars(opt), script=self.script, torch=torch.__version__, world_size=GROUP.size)
-            self.write("config.json", json.dumps(config, indent=2, default=str) + "\n")
         if opt.tensorboard and is_main():
             self.tensorboard = _optional("plots", "--tensorboard").TensorBoard(self.dir / "tensorboard")
 
@@ -511,12 +508,23 @@ class Run:
             raise error[0]
 
     def restore(self, state):
-        """Load --resume's checkpoint into `state` and the random generators, drop the rows written after it;
-        returns its step (0 for a new run)."""
-        if not self.resumed:
-            return 0
+        """Load --resume's checkpoint into `state` and the random generators and drop the rows written after it,
+        then write config.json (a refused resume writes nothing); returns the step (0 for a new run)."""
+        if self.resumed:
+            self._load(state)
+        if self.training:
+            config = dict(vars(self.opt), script=self.script, torch=torch.__version__, world_size=GROUP.size)
+            self.write("config.json", json.dumps(config, indent=2, default=str) + "\n")
+        return self.step
+
+    def _load(self, state):
         for name, obj in state.items():
-            obj.copy_(self.resumed[name]) if torch.is_tensor(obj) else unwrap(obj).load_state_dict(self.resumed[name])
+            saved = self.resumed[name]
+            try:
+                obj.copy_(saved) if torch.is_tensor(obj) else unwrap(obj).load_state_dict(saved)
+            except (RuntimeError, ValueError) as error:  # nets of another shape: a flag differs from the run's
+                detail = (str(error).splitlines()[1:] or [str(error)])[0].strip()
+                raise UsageError(f"--resume: the checkpoint's {name} does not fit these flags ({detail})") from None
         torch.set_rng_state((rng := self.resumed["rng"][GROUP.rank])["cpu"])
         if self.device.type == "cuda" and rng["cuda"] is not None:
             torch.cuda.set_rng_state(rng["cuda"])
@@ -527,7 +535,6 @@ class Run:
             if (self.dir / name).exists():
                 lines = (self.dir / name).read_text().splitlines(keepends=True)
                 self.write(name, "".join(lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= self.step]))
-        return self.step
 
 
 def _optional(module, flags=None):

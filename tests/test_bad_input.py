@@ -163,3 +163,8 @@ def test_resume_of_another_script_or_size_is_refused(tmp_path, capsys):
     assert "written by dcgan.py, not wgan.py" in capsys.readouterr().err
     assert run_cli("dcgan", ["--resume", run_dir, "--img_size", 32], tmp_path / "runs") == 2
     assert "the checkpoint has img_size=16" in capsys.readouterr().err
+    config = (run_dir / "config.json").read_text()
+    assert run_cli("dcgan", ["--resume", run_dir, "--ngf", 8], tmp_path / "runs") == 2  # nets of another width
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "checkpoint's generator does not fit" in err and "size mismatch" in err, err
+    assert (run_dir / "config.json").read_text() == config  # the refused resume left the run as it was

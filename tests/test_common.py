@@ -237,7 +237,9 @@ def test_unavailable_device_is_a_clear_error():
 def make_run(out, *args):
     opt = dcgan.parse_args(["--out", out, "--img_size", 16, *args])
     opt.n_iters = 10
-    return common.Run(opt, "dcgan.py", None, CPU), opt
+    run = common.Run(opt, "dcgan.py", None, CPU)
+    run.restore({})  # writes config.json, as the scripts' call does
+    return run, opt
 
 
 def test_checkpoint_replaces_whole_keeps_previous_and_restores(tmp_path):
