@@ -57,7 +57,7 @@ def test_k_t_stays_in_unit_interval_while_training(tmp_path):
 def test_k_t_and_the_lr_schedule_resume_exactly(tmp_path):
     """k_t (a tensor updated in place) and the plateau schedulers' counts are in the checkpoint and restored:
     stopped at step 3, the run halves its lr at step 4 as the straight run does."""
-    args = [*TINY, "--lambda_k", 0.5, "--lr_patience", 1]
+    args = [*TINY, "--lambda_k", 0.5, "--lr_patience", 1, "--generator", "paper"]  # whose M stalls first at step 4
     straight = train_script("began", tmp_path / "a", *args, "--n_iters", 8)
     first = train_script("began", tmp_path / "b", *args, "--n_iters", 3)
     checkpoint = torch.load(first.checkpoint_path, weights_only=True)
@@ -74,26 +74,47 @@ def test_k_t_and_the_lr_schedule_resume_exactly(tmp_path):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        ([], (2240, 32, 1.0, 0.01, 16, 5e-5, 4e-4)),  # digits: the settings that keep G from collapsing
-        (["--dataset", "mnist"], (18750, 32, 0.5, 0.001, 64, 1e-4, None)),  # every other data set: the paper's
-        (["--dataset", "folder"], (8000, 64, 0.5, 0.001, 64, 1e-4, None)),
+        ([], (2240, 32, 1.0, 0.01, 16, 5e-5, 4e-4, "dcgan", 32)),  # digits: the settings that keep G from collapsing
+        (["--dataset", "mnist"], (18750, 32, 0.5, 0.001, 64, 1e-4, None, "paper", 16)),  # elsewhere: the paper's
+        (["--dataset", "folder"], (8000, 64, 0.5, 0.001, 64, 1e-4, None, "paper", 16)),
         (
             ["--gamma", "0.5", "--lambda_k", "0.001", "--img_size", "16", "--n_iters", "9", "--lr_G", "1e-4"],
-            (9, 16, 0.5, 0.001, 16, 5e-5, 1e-4),
+            (9, 16, 0.5, 0.001, 16, 5e-5, 1e-4, "dcgan", 32),
         ),  # flags win
     ],
 )
 def test_digits_have_their_own_defaults(argv, expected):
     opt = began.parse_args(argv)
-    assert (opt.n_iters, opt.img_size, opt.gamma, opt.lambda_k, opt.batch_size, opt.lr, opt.lr_G) == expected
+    got = (opt.n_iters, opt.img_size, opt.gamma, opt.lambda_k, opt.batch_size, opt.lr, opt.lr_G, opt.generator)
+    assert (*got, opt.n_filters) == expected
 
 
 @pytest.mark.parametrize("size", [16, 28, 32, 48, 64, 96])
 def test_nets_fit_accepted_sizes(size):
     opt = began.parse_args(["--img_size", str(size)])
-    generator, discriminator = began.Generator(8, 3, opt.img_size, 2), began.Discriminator(3, opt.img_size, 8, 2)
-    fake = generator(torch.rand(2, 8) * 2 - 1)
-    assert fake.shape == discriminator(fake).shape == (2, 3, size, size)
+    discriminator = began.Discriminator(3, opt.img_size, 8, 2)
+    for generator in began.Generator(8, 3, opt.img_size, 2), began.DCGANGenerator(8, 3, opt.img_size, 2):
+        fake = generator(torch.rand(2, 8) * 2 - 1)
+        assert fake.shape == discriminator(fake).shape == (2, 3, size, size)
+
+
+def test_the_digits_dcgan_generator_is_dcgans():
+    """--generator dcgan builds dcgan.py's G layer for layer (2n wide at the last hidden layer), initialised as
+    DCGAN is: conv weights N(0, 0.02), BatchNorm scales N(1, 0.02), biases 0."""
+    import dcgan
+
+    ours, theirs = began.DCGANGenerator(100, 1, 32, 32), dcgan.Generator(100, 1, 32, 64)
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]
+    convs = [m.weight for m in ours.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    scales = [m.weight for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(abs(w.std().item() - 0.02) < 0.005 and abs(w.mean().item()) < 0.005 for w in convs)
+    assert all(abs(w.mean().item() - 1) < 0.01 for w in scales) and not ours[-2].bias.any()
+
+
+def test_the_paper_generator_still_trains_on_the_digits(tmp_path):
+    run = train_script("began", tmp_path, *TINY, "--generator", "paper", "--n_iters", 2)
+    generator = torch.load(run.checkpoint_path, weights_only=True)["generator"]
+    assert "fc.weight" in generator and run.opt.generator == "paper"  # D's decoder architecture
 
 
 @pytest.mark.parametrize("size", [8, 12, 17, 36, 100])
