@@ -60,11 +60,12 @@ class ArgumentParser(argparse.ArgumentParser):
         args = sys.argv[1:] if args is None else [str(arg) for arg in args]
         opt = super().parse_args(args, namespace)
         defaults = dict(self.dataset_defaults[opt.dataset])
-        if opt.resume:
+        if opt.resume:  # the run's own flags; one that its version lacked ran at the flag's plain default
             try:
-                defaults.update((k, v) for k, v in load_checkpoint(opt.resume)["args"].items() if k in opt)
+                saved = load_checkpoint(opt.resume)["args"]
             except UsageError as error:
                 self.error(str(error))
+            defaults = {key: self.get_default(key) for key in defaults} | {k: v for k, v in saved.items() if k in opt}
         if "--n_epochs" in {arg.split("=")[0] for arg in args}:  # an explicit --n_iters still wins
             defaults["n_iters"] = None  # the script turns the passes into steps once it knows the data's size
         self.set_defaults(**defaults)

@@ -138,3 +138,14 @@ def test_lego_photos(shared_data, tmp_path):
     )
     assert [int(row["step"]) for row in read_metrics(run.dir)] == [1, 2]
     assert torch.load(run.checkpoint_path, weights_only=True)["args"]["channels"] == 3
+
+
+def test_a_run_from_before_the_generator_flag_resumes_with_the_papers_g(tmp_path):
+    """A checkpoint whose flags lack one (written before it existed) resumes at that flag's plain default:
+    a digits run of the paper's G from before --generator is not rebuilt as the digits' DCGAN G now is."""
+    run = train_script("began", tmp_path, *TINY, "--generator", "paper", "--n_iters", 2)
+    checkpoint = torch.load(run.checkpoint_path, weights_only=True)
+    del checkpoint["args"]["generator"]
+    torch.save(checkpoint, run.checkpoint_path)
+    resumed = train_script("began", tmp_path, "--resume", run.dir, "--n_iters", 3)
+    assert resumed.opt.generator == "paper" and [row["step"] for row in read_metrics(run.dir)] == ["1", "2", "3"]
