@@ -65,7 +65,7 @@ def test_resume_continues_exactly(script, tmp_path):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_command_line(script, tmp_path):
-    """The script runs as a program: training, and a bad flag answered in one line with exit code 2."""
+    """The script runs as a program (its __main__ block): it trains and says where its run is."""
     args = [sys.executable, str(ROOT / f"{script}.py"), *map(str, TINY + SCRIPTS[script])]
     done = subprocess.run(
         args + ["--n_iters", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=SCRIPT_ENV
@@ -73,7 +73,12 @@ def test_command_line(script, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "done: 1 generator steps" in done.stdout
 
-    bad = subprocess.run(args + ["--batch_size", "0"], capture_output=True, text=True, env=SCRIPT_ENV)
+
+def test_a_bad_flag_as_a_program_is_one_line_and_exit_code_2():
+    """As a program too (test_bad_input.py checks bad input to each script in-process, through the same
+    common.main): one line, exit code 2, no traceback."""
+    args = [sys.executable, str(ROOT / "dcgan.py"), "--batch_size", "0"]
+    bad = subprocess.run(args, capture_output=True, text=True, env=SCRIPT_ENV)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "--batch_size" in bad.stderr and "Traceback" not in bad.stderr
 
