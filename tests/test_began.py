@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import began
+import dcgan
 from conftest import read_metrics, train_script
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--n_filters", 4, "--h_dim", 8, "--sample_interval", 2]
@@ -101,8 +102,6 @@ def test_nets_fit_accepted_sizes(size):
 def test_the_digits_dcgan_generator_is_dcgans():
     """--generator dcgan builds dcgan.py's G layer for layer (2n wide at the last hidden layer), initialised as
     DCGAN is: conv weights N(0, 0.02), BatchNorm scales N(1, 0.02), biases 0."""
-    import dcgan
-
     ours, theirs = began.DCGANGenerator(100, 1, 32, 32), dcgan.Generator(100, 1, 32, 64)
     assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]
     convs = [m.weight for m in ours.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
