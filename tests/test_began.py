@@ -75,19 +75,20 @@ def test_k_t_and_the_lr_schedule_resume_exactly(tmp_path):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        ([], (2240, 32, 1.0, 0.01, 16, 5e-5, 4e-4, "dcgan", 32)),  # digits: the settings that keep G from collapsing
-        (["--dataset", "mnist"], (18750, 32, 0.5, 0.001, 64, 1e-4, None, "paper", 16)),  # elsewhere: the paper's
-        (["--dataset", "folder"], (8000, 64, 0.5, 0.001, 64, 1e-4, None, "paper", 16)),
+        ([], (2240, 32, 1.0, 0.01, 16, 5e-5, 4e-4, "dcgan", 32, 32)),  # digits: the settings that keep G's ten digits
+        (["--dataset", "mnist"], (18750, 32, 0.5, 0.001, 64, 1e-4, None, "paper", 16, 64)),  # elsewhere: the paper's
+        (["--dataset", "folder"], (8000, 64, 0.5, 0.001, 64, 1e-4, None, "paper", 16, 64)),
         (
-            ["--gamma", "0.5", "--lambda_k", "0.001", "--img_size", "16", "--n_iters", "9", "--lr_G", "1e-4"],
-            (9, 16, 0.5, 0.001, 16, 5e-5, 1e-4, "dcgan", 32),
+            ["--gamma", "0.5", "--lambda_k", "0.001", "--img_size", "16", "--n_iters", "9"]
+            + ["--lr_G", "1e-4", "--h_dim", "64"],
+            (9, 16, 0.5, 0.001, 16, 5e-5, 1e-4, "dcgan", 32, 64),
         ),  # flags win
     ],
 )
 def test_digits_have_their_own_defaults(argv, expected):
     opt = began.parse_args(argv)
     got = (opt.n_iters, opt.img_size, opt.gamma, opt.lambda_k, opt.batch_size, opt.lr, opt.lr_G, opt.generator)
-    assert (*got, opt.n_filters) == expected
+    assert (*got, opt.n_filters, opt.h_dim) == expected
 
 
 @pytest.mark.parametrize("size", [16, 28, 32, 48, 64, 96])
