@@ -7,13 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-# One thread a process: the tests' nets are tiny, and a second thread costs more in synchronisation than it
-# gains (the suite runs about a fifth faster); a process run as a program inherits it. Set before torch loads.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
