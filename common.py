@@ -511,24 +511,25 @@ class Run:
     def restore(self, state):
         """Load --resume's checkpoint into `state` and the random generators and drop the rows written after it,
         then write config.json (a refused resume writes nothing); returns the step (0 for a new run)."""
-        for name, obj in state.items() if self.resumed else ():
-            saved = self.resumed[name]
-            try:
-                obj.copy_(saved) if torch.is_tensor(obj) else unwrap(obj).load_state_dict(saved)
-            except (RuntimeError, ValueError) as error:  # nets of another shape: a flag differs from the run's
-                detail = (str(error).splitlines()[1:] or [str(error)])[0].strip()
-                raise UsageError(f"--resume: the checkpoint's {name} does not fit these flags ({detail})") from None
         if self.resumed:
+            for name, obj in state.items():
+                saved = self.resumed[name]
+                try:
+                    obj.copy_(saved) if torch.is_tensor(obj) else unwrap(obj).load_state_dict(saved)
+                except (RuntimeError, ValueError) as error:  # nets of another shape: a flag differs from the run's
+                    detail = (str(error).splitlines()[1:] or [str(error)])[0].strip()
+                    raise UsageError(f"--resume: the checkpoint's {name} does not fit these flags ({detail})") from None
             torch.set_rng_state((rng := self.resumed["rng"][GROUP.rank])["cpu"])
             if self.device.type == "cuda" and rng["cuda"] is not None:
                 torch.cuda.set_rng_state(rng["cuda"])
             self.step, self.seconds = self.resumed["step"], self.resumed["seconds"]
             if self.opt.n_iters < self.step:
                 raise UsageError(f"--n_iters {self.opt.n_iters}: the run is at step {self.step} already; pass more")
-        for name in ("metrics.csv", "scores.csv") if self.training and self.resumed else ():
-            if (self.dir / name).exists():
-                lines = (self.dir / name).read_text().splitlines(keepends=True)
-                self.write(name, "".join(lines[:1] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= self.step]))
+            for name in ("metrics.csv", "scores.csv") if self.training else ():
+                if (self.dir / name).exists():
+                    lines = (self.dir / name).read_text().splitlines(keepends=True)
+                    kept = [line for line in lines[1:] if int(line.split(",")[0]) <= self.step]
+                    self.write(name, "".join(lines[:1] + kept))
         if self.training:
             config = dict(vars(self.opt), script=self.script, torch=torch.__version__, world_size=GROUP.size)
             self.write("config.json", json.dumps(config, indent=2, default=str) + "\n")
