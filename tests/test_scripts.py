@@ -3,6 +3,7 @@
 import ast
 import importlib
 import math
+import runpy
 import shutil
 import subprocess
 import sys
@@ -64,14 +65,15 @@ def test_resume_continues_exactly(script, tmp_path):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_command_line(script, tmp_path):
-    """The script runs as a program (its __main__ block): it trains and says where its run is."""
-    args = [sys.executable, str(ROOT / f"{script}.py"), *map(str, TINY + SCRIPTS[script])]
-    done = subprocess.run(
-        args + ["--n_iters", "1", "--out", str(tmp_path)], capture_output=True, text=True, env=SCRIPT_ENV
-    )
-    assert done.returncode == 0, done.stderr
-    assert "done: 1 generator steps" in done.stdout
+def test_command_line(script, tmp_path, monkeypatch, capsys):
+    """The script's __main__ block, run as `python script.py` runs it (in this process: a new one would spend
+    seconds importing torch; the copy-alone and signal tests run dcgan.py as a program): it trains and says
+    where its run is."""
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *map(str, TINY + SCRIPTS[script]), "--n_iters", "1"])
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(ROOT / f"{script}.py"), run_name="__main__")
+    assert "done: 1 generator steps" in capsys.readouterr().out
+    assert len(list((tmp_path / "runs").iterdir())) == 1
 
 
 def test_a_bad_flag_as_a_program_is_one_line_and_exit_code_2():
@@ -159,13 +161,25 @@ def test_a_script_copied_alone_with_common_trains_resumes_and_names_what_to_copy
     resume = [sys.executable, "dcgan.py", "--resume", str(run_dir), "--n_iters", "3"]
     resumed = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert resumed.returncode == 0 and "done: 3 generator steps" in resumed.stdout, resumed.stderr
-    scored = subprocess.run([*command, "--fid"], cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert scored.returncode == 2 and scored.stderr.strip() == (
-        "dcgan.py: error: --fid, --fcd, --save_fakes and --generate need scoring.py: copy it from the repository "
-        "beside this script"
-    )
-    folder = subprocess.run([*command, "--dataset", "folder", "--data_root", write_images(tmp_path / "faces", 8)],
-                            cwd=tmp_path, capture_output=True, text=True, env=env)  # fmt: skip
-    assert folder.returncode == 2 and folder.stderr.strip() == (
-        "dcgan.py: error: --dataset folder and anime need folders.py: copy it from the repository beside this script"
-    )
+
+
+@pytest.mark.parametrize(
+    "flags, module, message",
+    [
+        (["--fid"], "scoring", "--fid, --fcd, --save_fakes and --generate need scoring.py"),
+        (["--dataset", "folder", "--data_root", "faces"], "folders", "--dataset folder and anime need folders.py"),
+    ],
+)
+def test_a_script_without_an_optional_module_names_the_file_to_copy(
+    flags, module, message, tmp_path, monkeypatch, capsys
+):
+    """As copied alone with common.py (importing a module that sys.modules holds as None fails as a missing file
+    does): the flags that need the module are refused in one line."""
+    monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.chdir(tmp_path)
+    write_images(tmp_path / "faces", 1)
+    monkeypatch.setattr(sys, "argv", ["dcgan.py", *flags])
+    with pytest.raises(SystemExit) as stopped:
+        common.main(dcgan.train, dcgan.parse_args)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"dcgan.py: error: {message}: copy it from the repository beside this script\n"
