@@ -401,9 +401,10 @@ def floor_wgan_gp(m, opt, device, data, real, labels, real_b):
 
 
 def floor_began(m, opt, device, data, real, labels, real_b):
-    generator = m.DCGANGenerator if opt.generator == "dcgan" else m.Generator  # the digits' G is DCGAN's
+    generator = m.DCGANGenerator if opt.generator == "dcgan" else m.Generator  # the digits' nets are DCGAN-style
+    discriminator = m.DCGANDiscriminator if opt.discriminator == "dcgan" else m.Discriminator
     G = generator(opt.latent_dim, opt.channels, opt.img_size, opt.n_filters)
-    G, D = _nets(opt, device, G, m.Discriminator(opt.channels, opt.img_size, opt.h_dim, opt.n_filters))
+    G, D = _nets(opt, device, G, discriminator(opt.channels, opt.img_size, opt.h_dim, opt.n_filters))
     opt_G, opt_D = _adam(G, opt, device), _adam(D, opt, device)
     schedulers = [
         torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=opt.lr_patience)

@@ -57,8 +57,9 @@ def test_k_t_stays_in_unit_interval_while_training(tmp_path):
 
 def test_k_t_and_the_lr_schedule_resume_exactly(tmp_path):
     """k_t (a tensor updated in place) and the plateau schedulers' counts are in the checkpoint and restored:
-    stopped at step 3, the run halves its lr at step 4 as the straight run does."""
-    args = [*TINY, "--lambda_k", 0.5, "--lr_patience", 1, "--generator", "paper"]  # whose M stalls first at step 4
+    stopped at step 3, the run halves its lr at step 4 as the straight run does (the paper's nets: their M stalls
+    first at step 4)."""
+    args = [*TINY, "--lambda_k", 0.5, "--lr_patience", 1, "--generator", "paper", "--discriminator", "paper"]
     straight = train_script("began", tmp_path / "a", *args, "--n_iters", 8)
     first = train_script("began", tmp_path / "b", *args, "--n_iters", 3)
     checkpoint = torch.load(first.checkpoint_path, weights_only=True)
@@ -75,29 +76,30 @@ def test_k_t_and_the_lr_schedule_resume_exactly(tmp_path):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        ([], (2240, 32, 1.0, 0.01, 16, 5e-5, 4e-4, "dcgan", 32, 32)),  # digits: the settings that keep G's ten digits
-        (["--dataset", "mnist"], (18750, 32, 0.5, 0.001, 64, 1e-4, None, "paper", 16, 64)),  # elsewhere: the paper's
-        (["--dataset", "folder"], (8000, 64, 0.5, 0.001, 64, 1e-4, None, "paper", 16, 64)),
+        ([], (2240, 32, 1.0, 0.01, 16, 5e-5, 4e-4, "dcgan", "dcgan", 32, 32)),  # digits: see began.py's docstring
+        (["--dataset", "mnist"], (18750, 32, 0.5, 0.001, 64, 1e-4, None, "paper", "paper", 16, 64)),  # the paper's
+        (["--dataset", "folder"], (8000, 64, 0.5, 0.001, 64, 1e-4, None, "paper", "paper", 16, 64)),
         (
             ["--gamma", "0.5", "--lambda_k", "0.001", "--img_size", "16", "--n_iters", "9"]
-            + ["--lr_G", "1e-4", "--h_dim", "64"],
-            (9, 16, 0.5, 0.001, 16, 5e-5, 1e-4, "dcgan", 32, 64),
+            + ["--lr_G", "1e-4", "--h_dim", "64", "--discriminator", "paper"],
+            (9, 16, 0.5, 0.001, 16, 5e-5, 1e-4, "dcgan", "paper", 32, 64),
         ),  # flags win
     ],
 )
 def test_digits_have_their_own_defaults(argv, expected):
     opt = began.parse_args(argv)
     got = (opt.n_iters, opt.img_size, opt.gamma, opt.lambda_k, opt.batch_size, opt.lr, opt.lr_G, opt.generator)
-    assert (*got, opt.n_filters, opt.h_dim) == expected
+    assert (*got, opt.discriminator, opt.n_filters, opt.h_dim) == expected
 
 
 @pytest.mark.parametrize("size", [16, 28, 32, 48, 64, 96])
 def test_nets_fit_accepted_sizes(size):
     opt = began.parse_args(["--img_size", str(size)])
-    discriminator = began.Discriminator(3, opt.img_size, 8, 2)
+    discriminators = began.Discriminator(3, opt.img_size, 8, 2), began.DCGANDiscriminator(3, opt.img_size, 8, 2)
     for generator in began.Generator(8, 3, opt.img_size, 2), began.DCGANGenerator(8, 3, opt.img_size, 2):
         fake = generator(torch.rand(2, 8) * 2 - 1)
-        assert fake.shape == discriminator(fake).shape == (2, 3, size, size)
+        assert fake.shape == (2, 3, size, size)
+        assert all(discriminator(fake).shape == fake.shape for discriminator in discriminators)
 
 
 def test_the_digits_dcgan_generator_is_dcgans():
@@ -111,10 +113,10 @@ def test_the_digits_dcgan_generator_is_dcgans():
     assert all(abs(w.mean().item() - 1) < 0.01 for w in scales) and not ours[-2].bias.any()
 
 
-def test_the_paper_generator_still_trains_on_the_digits(tmp_path):
-    run = train_script("began", tmp_path, *TINY, "--generator", "paper", "--n_iters", 2)
-    generator = torch.load(run.checkpoint_path, weights_only=True)["generator"]
-    assert "fc.weight" in generator and run.opt.generator == "paper"  # D's decoder architecture
+def test_the_paper_nets_still_train_on_the_digits(tmp_path):
+    run = train_script("began", tmp_path, *TINY, "--generator", "paper", "--discriminator", "paper", "--n_iters", 2)
+    checkpoint = torch.load(run.checkpoint_path, weights_only=True)
+    assert "fc.weight" in checkpoint["generator"] and "decoder.fc.weight" in checkpoint["discriminator"]
 
 
 @pytest.mark.parametrize("size", [8, 12, 17, 36, 100])
@@ -140,12 +142,13 @@ def test_lego_photos(shared_data, tmp_path):
     assert torch.load(run.checkpoint_path, weights_only=True)["args"]["channels"] == 3
 
 
-def test_a_run_from_before_the_generator_flag_resumes_with_the_papers_g(tmp_path):
-    """A checkpoint whose flags lack one (written before it existed) resumes at that flag's plain default:
-    a digits run of the paper's G from before --generator is not rebuilt as the digits' DCGAN G now is."""
-    run = train_script("began", tmp_path, *TINY, "--generator", "paper", "--n_iters", 2)
+def test_a_run_from_before_the_net_flags_resumes_with_the_papers_nets(tmp_path):
+    """A checkpoint whose flags lack one (written before it existed) resumes at that flag's plain default: a digits
+    run of the paper's nets from before --generator and --discriminator is not rebuilt as the digits' are now."""
+    run = train_script("began", tmp_path, *TINY, "--generator", "paper", "--discriminator", "paper", "--n_iters", 2)
     checkpoint = torch.load(run.checkpoint_path, weights_only=True)
-    del checkpoint["args"]["generator"]
+    del checkpoint["args"]["generator"], checkpoint["args"]["discriminator"]
     torch.save(checkpoint, run.checkpoint_path)
     resumed = train_script("began", tmp_path, "--resume", run.dir, "--n_iters", 3)
-    assert resumed.opt.generator == "paper" and [row["step"] for row in read_metrics(run.dir)] == ["1", "2", "3"]
+    assert resumed.opt.generator == resumed.opt.discriminator == "paper"
+    assert [row["step"] for row in read_metrics(run.dir)] == ["1", "2", "3"]

@@ -112,3 +112,14 @@ def test_bench_defaults_to_the_data_sets_size():
 def test_bench_names_the_script_that_refuses_a_flag():
     with pytest.raises(common.UsageError, match="began.py refuses .*--ngf"):
         bench.main(["--scripts", "dcgan", "began", "--script_args", "--ngf 8"])
+
+
+@pytest.mark.parametrize("flags, expected", [("", "DCGANDiscriminator"), ("--discriminator paper", "Discriminator")])
+def test_began_floor_times_the_discriminator_the_script_trains(flags, expected):
+    opt = bench.parse_args(["--scripts", "began", *TINY[:-1], f"began: --n_filters 4 --h_dim 8 {flags}"])
+    module, script = bench.script_opt("began", opt)
+    device = common.get_device("cpu")
+    data = common.load_images(script.dataset, script.data_root, script.img_size, script.channels)
+    real, labels = bench.first_batch(data, script.batch_size, device)
+    floor = bench.floor_began(module, script, device, data, real, labels, None)
+    assert type(floor.discriminator).__name__ == expected
