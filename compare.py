@@ -53,11 +53,11 @@ SCRIPTS = ("dcgan", "lsgan", "cgan", "cogan", "wgan", "wgan_gp", "began")
 # Generator steps per script when neither --steps nor --minutes is given: about three minutes each on
 # 2 CPU cores with digits at 32x32 (see RATES; wgan's first 25 steps take 100 critic steps each), so
 # that all seven finish in under 30 minutes.
-DEFAULT_STEPS = dict(dcgan=1500, lsgan=1500, cgan=1500, cogan=750, wgan=1000, wgan_gp=800, began=1000)
+DEFAULT_STEPS = dict(dcgan=1500, lsgan=1500, cgan=1500, cogan=750, wgan=1000, wgan_gp=800, began=2240)
 # Generator steps per second on 2 CPU cores with digits at 32x32, measured in a default comparison;
 # with --minutes they space the scores. wgan's is the mean over its first 1000 steps, boosts included;
 # began's is of its digits batch, 16 (steps 100-600 of `python began.py` alone).
-RATES = dict(dcgan=7.9, lsgan=7.6, cgan=7.6, cogan=5.0, wgan=5.5, wgan_gp=3.9, began=5.7)
+RATES = dict(dcgan=7.9, lsgan=7.6, cgan=7.6, cogan=5.0, wgan=5.5, wgan_gp=3.9, began=15.1)
 # Flags that compare.py sets itself (or that its budget overrides), refused in --script_args.
 OWN_FLAGS = (
     "--img_size", "--out", "--resume", "--n_iters", "--n_epochs", "--fid", "--fcd", "--fid_interval", "--generate",
