@@ -50,14 +50,18 @@ def test_bench_times_scripts_reference_and_data_path(tmp_path):
     assert all(f"| {script} |" in g_steps for script in rows)
 
 
-def test_the_g_step_both_ways():
-    """The old G step computes D's weight gradients too; through common.frozen it leaves them, and D, alone."""
-    opt = bench.parse_args(["--scripts", "dcgan", *TINY])
-    module, script = bench.script_opt("dcgan", opt)
+def floor_of(name, argv):
+    """bench.py's floor for script `name` under bench's command line `argv`, on the CPU."""
+    module, script = bench.script_opt(name, bench.parse_args(["--scripts", name, *argv]))
     device = common.get_device("cpu")
     data = common.load_images(script.dataset, script.data_root, script.img_size, script.channels)
     real, labels = bench.first_batch(data, script.batch_size, device)
-    floor = bench.floor_dcgan(module, script, device, data, real, labels, None)
+    return getattr(bench, f"floor_{name}")(module, script, device, data, real, labels, None)
+
+
+def test_the_g_step_both_ways():
+    """The old G step computes D's weight gradients too; through common.frozen it leaves them, and D, alone."""
+    floor = floor_of("dcgan", TINY)
     D, inputs = floor.discriminator, floor.noise()
 
     floor.g_step(inputs, frozen=True)
@@ -116,10 +120,5 @@ def test_bench_names_the_script_that_refuses_a_flag():
 
 @pytest.mark.parametrize("flags, expected", [("", "DCGANDiscriminator"), ("--discriminator paper", "Discriminator")])
 def test_began_floor_times_the_discriminator_the_script_trains(flags, expected):
-    opt = bench.parse_args(["--scripts", "began", *TINY[:-1], f"began: --n_filters 4 --h_dim 8 {flags}"])
-    module, script = bench.script_opt("began", opt)
-    device = common.get_device("cpu")
-    data = common.load_images(script.dataset, script.data_root, script.img_size, script.channels)
-    real, labels = bench.first_batch(data, script.batch_size, device)
-    floor = bench.floor_began(module, script, device, data, real, labels, None)
+    floor = floor_of("began", [*TINY[:-1], f"began: --n_filters 4 --h_dim 8 {flags}"])
     assert type(floor.discriminator).__name__ == expected
