@@ -259,7 +259,7 @@ def train(opt):
             scaler_D.step(optimizer_D)
             scaler_D.update()
             # Measurements, not part of any graph; under torchrun the means over all processes' batches.
-            loss_real, loss_fake = common.all_mean(torch.stack([loss_real, loss_fake]).detach().float())
+            loss_real, loss_fake = common.all_mean(torch.stack([loss_real, loss_fake]))
             k_t.copy_(update_k(k_t, loss_real, loss_fake, opt.gamma, opt.lambda_k))
         m_global = convergence_measure(loss_real, loss_fake, opt.gamma)
 
