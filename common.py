@@ -72,8 +72,8 @@ class ArgumentParser(argparse.ArgumentParser):
         opt = super().parse_args(args, namespace)
         if opt.generate and not opt.resume:
             self.error("--generate writes fakes from a trained generator: pass --resume RUN_FOLDER with it")
-        if opt.fid_interval and not (opt.fid or opt.fcd):
-            self.error("--fid_interval says how often to score: add --fid or --fcd")
+        if opt.fid_interval and not (opt.fid or opt.fcd or opt.swd):
+            self.error("--fid_interval says how often to score: add --fid, --fcd or --swd")
         return opt
 
 
@@ -111,7 +111,8 @@ def add_run_args(parser, ema=0.0):
     run("--sync_bn", action="store_true", help="under torchrun: SyncBatchNorm (CUDA only)")
     run("--fid", action="store_true", help="score by FID (pytorch-fid) at the end; needs scoring.py")
     run("--fcd", action="store_true", help="score by the offline classifier distance; needs scoring.py")
-    run("--fid_interval", type=positive_int, help="with --fid/--fcd: also score every this many steps")
+    run("--swd", action="store_true", help="score by the sliced Wasserstein distance (no download); needs scoring.py")
+    run("--fid_interval", type=positive_int, help="with --fid/--fcd/--swd: also score every this many steps")
     run("--fid_samples", type=positive_int, default=10000, help="fakes per score")
     run("--fid_weights", help="a local copy of pytorch-fid's Inception weights")
     run("--save_fakes", type=nonnegative_int, default=0, help="write this many fakes as PNGs at the end")
@@ -315,8 +316,9 @@ class Run:
         self.resumed = self._checked(load_checkpoint(opt.resume)) if opt.resume else None
         self.training = not (opt.generate or getattr(opt, "label", None) is not None)
         self.scorer = self.tensorboard = None
-        if opt.generate or (self.training and (opt.fid or opt.fcd or opt.save_fakes)):  # now: fails before training
-            self.scorer = _optional("scoring", "--fid, --fcd, --save_fakes and --generate").Scorer(opt, data, device)
+        scoring = opt.fid or opt.fcd or opt.swd or opt.save_fakes
+        if opt.generate or (self.training and scoring):  # now: fails before training
+            self.scorer = _optional("scoring", "--fid/--fcd/--swd, --save_fakes, --generate").Scorer(opt, data, device)
         if opt.tensorboard and not importlib.util.find_spec("tensorboard"):
             raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
         self.dir = self.resumed["dir"] if self.resumed else None
@@ -448,7 +450,7 @@ class Run:
         return path
 
     def score(self, step, generator, fakes):
-        """With --fid/--fcd, every --fid_interval steps unless stopping: a row of scores.csv (scoring.py)."""
+        """With --fid/--fcd/--swd, every --fid_interval steps unless stopping: a row of scores.csv (scoring.py)."""
         if self.scorer and self.opt.fid_interval and step % self.opt.fid_interval == 0 and not self.stopping:
             self.scorer.score(self, step, generator, fakes)
 

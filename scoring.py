@@ -5,6 +5,12 @@ fake images (lower is better):
     fcd  the 64 features of a small classifier trained once on the labelled training data, with
          `confident` (the share of fakes it gives a class with p >= 0.9) and `classes` (how many classes
          those cover): no download; meaningful where a classifier tells the classes apart (digits).
+And one distance between distributions of image patches, for any images and with no download:
+    swd  the sliced Wasserstein distance between 7x7 neighbourhoods of the Laplacian-pyramid levels of real
+         and fake images, from the training size down to 16x16 (Karras et al. 2018, "Progressive Growing of
+         GANs", arXiv:1710.10196, appendix D), x 1e3 and averaged over the levels: fine texture, then coarser
+         structure and colour. Fewer neighbourhoods and directions than the paper's (SWD_* below), so that a
+         score takes seconds on a CPU; its figures are comparable with one another, not with the paper's.
 The nets and real statistics are built before training (a missing download fails at once), the classifier
 and Inception statistics cached beside the data (<data_root>/fid_stats, or <folder>_fid_stats). Nothing is
 unpickled: caches and the Inception weights are read with weights_only=True.
@@ -35,6 +41,10 @@ FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid
 FID_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 FID_DIMS = 2048  # the pool features of the literature (pytorch-fid also offers 64, 192 and 768)
 CONFIDENT = 0.9  # a classifier probability this high counts a fake as a recognisable member of a class
+# --swd: the paper's 7x7 neighbourhoods and pyramid down to 16x16, with 8 neighbourhoods an image and 256
+# directions where the paper takes 128 and 4 x 512: a 1-d Wasserstein distance is a sort, slow on a CPU.
+SWD_NHOOD, SWD_MIN_SIZE, SWD_PER_IMAGE, SWD_DIRECTIONS = 7, 16, 8, 256
+SWD_MIN_IMAGES = 1000  # fewer, and the distance of real images to other real ones is no longer small
 
 
 class FeatureClassifier(nn.Module):
@@ -125,12 +135,55 @@ def statistics(features):
     return features.mean(0), torch.from_numpy(np.cov(features.numpy(), rowvar=False))
 
 
+def laplacian_pyramid(images, min_size=SWD_MIN_SIZE):
+    """The levels of each image's Laplacian pyramid (Burt & Adelson's 5-tap binomial filter, as cv2.pyrDown
+    and pyrUp), finest first, down to the last size >= min_size, which keeps the low-pass image itself."""
+    taps = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=images.device) / 16
+
+    def blur(x):  # the 5x5 filter as two 1-d passes of shifted slices: far faster than a grouped conv on a CPU
+        padded, (h, w) = F.pad(x, (2, 2, 2, 2), mode="reflect"), x.shape[-2:]
+        rows = sum(tap * padded[..., i : i + h, :] for i, tap in enumerate(taps))
+        return sum(tap * rows[..., j : j + w] for j, tap in enumerate(taps))
+
+    levels = []
+    while images.size(-1) // 2 >= min_size:
+        down = blur(images)[..., ::2, ::2]
+        up = torch.zeros_like(images)
+        up[..., ::2, ::2] = down * 4  # the zeros between samples quarter the mean: pyrUp's factor 4
+        levels.append(images - blur(up))
+        images = down
+    return levels + [images]
+
+
+def neighbourhoods(images, rng):
+    """SWD_PER_IMAGE random SWD_NHOOD^2 neighbourhoods of each pyramid level of each image, flattened:
+    N*SWD_PER_IMAGE x levels x C*SWD_NHOOD^2 (positions from the CPU generator `rng`)."""
+    descriptors, half, offsets = [], SWD_NHOOD // 2, torch.arange(SWD_NHOOD, device=images.device) - SWD_NHOOD // 2
+    for level in laplacian_pyramid(images):
+        n, c, h, w = level.shape
+        y, x = (torch.randint(half, size - half, (n, SWD_PER_IMAGE, 1, 1), generator=rng) for size in (h, w))
+        index = torch.arange(n)[:, None, None, None].to(images.device)
+        patches = level[index, :, y.to(images.device) + offsets[:, None], x.to(images.device) + offsets]  # n m 7 7 c
+        descriptors.append(patches.permute(0, 1, 4, 2, 3).flatten(2).flatten(0, 1))
+    return torch.stack(descriptors, 1)
+
+
+def sorted_projections(descriptors, directions):
+    """Each level's descriptors, each channel scaled to mean 0 and deviation 1 over the whole set (the paper's
+    normalisation), projected onto the unit `directions` and sorted: levels x directions x N."""
+    channels = descriptors.view(*descriptors.shape[:2], -1, SWD_NHOOD**2)
+    mean, std = channels.mean((0, 3), keepdim=True), channels.std((0, 3), keepdim=True).clamp_min(1e-8)
+    normalised = ((channels - mean) / std).flatten(2).transpose(0, 1)  # levels x N x D
+    return torch.stack([(directions.T @ level.T).sort(1).values for level in normalised])
+
+
 class Scorer:
-    """--fid, --fcd, --save_fakes and --generate for one run (see the module's docstring)."""
+    """--fid, --fcd, --swd, --save_fakes and --generate for one run (see the module's docstring)."""
 
     def __init__(self, opt, data, device):
         self.opt, self.data, self.device, self.scored_at = opt, data, device, None
-        if not (opt.fid or opt.fcd) or opt.generate or not common.is_main():  # under torchrun, rank 0 scores
+        self.scoring = opt.fid or opt.fcd or opt.swd
+        if not self.scoring or opt.generate or not common.is_main():  # under torchrun, rank 0 scores
             return
         root = Path(opt.data_root).expanduser().resolve()
         self.cache = root.with_name(root.name + "_fid_stats") if opt.dataset == "folder" else root / "fid_stats"
@@ -145,6 +198,25 @@ class Scorer:
                 self.inception = inception(opt.fid_weights, device)
                 name = f"inception{FID_DIMS}_{self.tag}_{self.n_real}"
                 self.fid_stats = self._cached(name, lambda: statistics(self._real(self.inception_features)), _gaussian)
+            if opt.swd:
+                self.swd_real = self._swd_real()
+
+    def _swd_real(self):
+        """The real side of --swd: the directions (the same in every score) and the sorted projections of
+        the real images' neighbourhoods, kept in memory (about 250 MB at 10,000 images of 64x64)."""
+        n = self.n_real // self.opt.batch_size * self.opt.batch_size
+        if n < SWD_MIN_IMAGES:
+            raise common.UsageError(
+                f"--swd compares {SWD_MIN_IMAGES} real images or more with as many fakes, and here it would have {n} "
+                f"({len(self.data)} images, --fid_samples {self.opt.fid_samples}): use more images, or drop --swd"
+            )
+        directions = torch.randn(
+            self.data.channels * SWD_NHOOD**2, SWD_DIRECTIONS, generator=torch.Generator().manual_seed(0)
+        )
+        self.directions = (directions / directions.norm(dim=0)).to(self.device)
+        rng = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            return sorted_projections(self._real(lambda images: neighbourhoods(images, rng)), self.directions)
 
     def _cached(self, name, compute, use):
         """use(compute()), its tensors kept in <cache>/<name>.pt, read with weights_only=True: a file that is
@@ -203,8 +275,11 @@ class Scorer:
         """The scores of --fid_samples fakes at `step`, as a row of scores.csv and in run.scores (rank 0 alone)."""
         if not common.is_main():
             return
-        features, pools, counts = [], [], torch.zeros(self.data.n_classes or 1)
+        features, pools, counts, patches = [], [], torch.zeros(self.data.n_classes or 1), []
+        rng = torch.Generator().manual_seed(1)  # the same neighbourhoods of the same fakes at every score
         for images, _ in self.fakes(generator, fakes, self.opt.fid_samples):
+            if self.opt.swd:
+                patches.append(neighbourhoods(images, rng))
             if self.opt.fcd:
                 with torch.no_grad():
                     features.append(self.classifier.features(images))
@@ -216,6 +291,10 @@ class Scorer:
         if self.opt.fcd:
             scores["fcd"] = frechet_distance(statistics(torch.cat(features)), self.fcd_stats)
             scores.update(confident=counts.sum().item() / self.opt.fid_samples, classes=int((counts > 0).sum()))
+        if self.opt.swd:  # the mean over directions of the 1-d distance between sorted projections, per level
+            patches = torch.cat(patches)[: self.swd_real.size(-1)]  # as many fakes as real images
+            distances = (sorted_projections(patches, self.directions) - self.swd_real).abs().mean((1, 2))
+            scores["swd"] = distances.mean().item() * 1e3
         run.scores, self.scored_at = scores, step
         run.append("scores.csv", dict(step=step, **run.scores, seconds=run.seconds))
         if run.tensorboard:
@@ -224,7 +303,7 @@ class Scorer:
 
     def finish(self, run, generator, fakes):
         """At the end of training: the scores at the last step (unless scored there), then --save_fakes."""
-        if (self.opt.fid or self.opt.fcd) and self.scored_at != run.step and not self._scored_before(run):
+        if self.scoring and self.scored_at != run.step and not self._scored_before(run):
             self.score(run, run.step, generator, fakes)
         if self.opt.save_fakes:
             self.write_fakes(run, generator, fakes, self.opt.save_fakes)
@@ -234,7 +313,7 @@ class Scorer:
         as compare.py does): then run.scores are read back from it, not scored and written a second time."""
         path = run.dir / "scores.csv"
         rows = list(csv.DictReader(path.read_text().splitlines())) if common.is_main() and path.exists() else []
-        names = ["fid"] * self.opt.fid + ["fcd", "confident", "classes"] * self.opt.fcd
+        names = ["fid"] * self.opt.fid + ["fcd", "confident", "classes"] * self.opt.fcd + ["swd"] * self.opt.swd
         if not rows or rows[-1]["step"] != str(run.step) or not all(rows[-1].get(name) for name in names):
             return False
         run.scores = {name: int(rows[-1][name]) if name == "classes" else float(rows[-1][name]) for name in names}

@@ -166,7 +166,7 @@ def test_a_script_copied_alone_with_common_trains_resumes_and_names_what_to_copy
 @pytest.mark.parametrize(
     "flags, module, message",
     [
-        (["--fid"], "scoring", "--fid, --fcd, --save_fakes and --generate need scoring.py"),
+        (["--fid"], "scoring", "--fid/--fcd/--swd, --save_fakes, --generate need scoring.py"),
         (["--dataset", "folder", "--data_root", "faces"], "folders", "--dataset folder and anime need folders.py"),
     ],
 )
