@@ -18,23 +18,20 @@ Where this file departs from the paper, and why:
 - The width n (--n_filters) defaults to 16 (32 on the digits), for CPU minutes; the paper's faces use 64-128.
 - The digits get DCGAN-style nets: DCGAN's G (--generator dcgan; hwalsuklee's MNIST BEGAN has a BatchNorm G too)
   and the shallow auto-encoder D Lucic et al. 2018 ran BEGAN with (--discriminator dcgan), h 32, G's own lr 4e-4
-  and D's 5e-5 (--lr_G, --lr), gamma 1.0, lambda_k 0.01 and the paper's batch 16. Why: with the paper's nets and one
-  lr, D learns the smooth digits faster than G can follow, k_t stays 0 and G shrinks onto a "1". DCGAN's G and its
-  faster lr keep ten digits, blurred (FCD 23.3 at 2,240 steps, G's average, seed 0; 12.3 with h 32); the shallow D
-  (2 convolutions down and 2 up, not 9 and 7) scores 7.1 and 5.9 on seeds 0 and 1, 1.2x and 1.1x dcgan's, and
-  takes a quarter of the time a step: the deep one seems to memorise the 1,797 digits, and k_t falls.
+  and D's 5e-5 (--lr_G, --lr), gamma 1.0, lambda_k 0.01 and the paper's batch 16. Why: with the paper's nets, D
+  learns the smooth digits faster than G can follow, k_t stays 0 and G shrinks onto a "1"; the deep D seems to
+  memorise the 1,797 digits, where the shallow one sharpens them in a quarter of the time a step (docs/results.md).
+- G's moving average (--ema) draws, as in later GANs, since it beat G alone on the digits (docs/results.md).
 
 Changes from dcgan.py: the paper's nets (the digits: DCGAN-style ones): G and D's decoder share an architecture (a
 linear layer to an 8 x 8 map, then per scale two 3x3 convolutions + ELU and a nearest upsampling), D's encoder
 mirrors it (stride-2 convolutions, widths n, 2n, 3n...), no BatchNorm, an --h_dim embedding. The losses above
 replace the cross-entropy; Adam with lr 1e-4.
 
-Run:
+Run (--help lists the flags; torchrun --standalone --nproc_per_node=4 began.py trains on 4 GPUs of one machine):
     python began.py                                                  # scikit-learn digits, CPU minutes
-    python began.py --dataset mnist --data_root data                 # downloads MNIST into data/
     python began.py --dataset folder --data_root faces/ --img_size 64 --n_filters 64
     python began.py --resume runs/began_digits_20260101-120000      # continue a run
-    torchrun --standalone --nproc_per_node=4 began.py               # 4 GPUs of one machine
 """
 
 import argparse

@@ -12,6 +12,12 @@ Fakes are made for random labels. Grids have a row per class, the columns sharin
 --label draws one class from a trained run, both in evaluation mode: the image of a (z, y) is the
 same in either. Needs labels: digits, mnist, fashion, cifar10, or a folder of class sub-folders.
 
+Departures from the paper, and why:
+- DCGAN's convolutional nets and Gaussian z, where the paper's are fully connected (ReLU in G, maxout in D, with
+  dropout) on a uniform z: so that `diff dcgan.py cgan.py` is the conditioning alone.
+- y enters as a learned embedding, not the paper's one-hot code: as expressive, and D gets it as an image channel.
+- G's moving average (--ema) draws, as in later GANs, since it beat G alone on the digits (docs/results.md).
+
 Run:
     python cgan.py                                                   # scikit-learn digits, CPU minutes
     python cgan.py --dataset mnist --data_root data                  # downloads MNIST into data/

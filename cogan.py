@@ -16,6 +16,10 @@ negatives (1 - x) or edges (3x3 dilation minus the image) of the other half of t
 random (--seed): no image serves both domains. Scores compare domain A's fakes with all the data;
 grids show G1(z), G2(z) side by side.
 
+Departures from the paper, and why:
+- DCGAN's nets, coupled, in place of the paper's own: so that `diff dcgan.py cogan.py` is the coupling alone.
+- D's and G's losses are the two GANs' mean, half the paper's sum: Adam's steps do not change with the loss's scale.
+
 Run:
     python cogan.py                                                  # digits and their negatives, CPU minutes
     python cogan.py --domain_b edges --dataset mnist --data_root data

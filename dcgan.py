@@ -7,16 +7,14 @@ Objective (Goodfellow et al. 2014), with the generator's non-saturating form:
     max_D  E_x[log D(x)] + E_z[log(1 - D(G(z)))]
     max_G  E_z[log D(G(z))]                       z ~ N(0, I), D(.) = sigmoid(logit)
 
-The paper's architecture guidelines, all followed here: strided convolutions in D and transposed
-convolutions in G (no pooling, no hidden fully connected layers), BatchNorm in both nets except at
-G's output and D's input, ReLU in G with Tanh at its output, LeakyReLU(0.2) in D, weights drawn
-from N(0, 0.02), Adam with lr 2e-4 and beta1 0.5. The depth grows with --img_size.
+The paper's guidelines, all kept: strided convolutions in D, transposed ones in G, no pooling or hidden fully
+connected layer, BatchNorm but at G's output and D's input, ReLU in G (Tanh last), LeakyReLU(0.2) in D, N(0, 0.02)
+weights, Adam 2e-4 with beta1 0.5. Departures: z is Gaussian, not uniform, and batches are 64, not 128, as in
+PyTorch's DCGAN example; G's moving average (--ema) draws, as in later GANs, since it beat G alone (docs/results.md).
 
-Run:
+Run (--help lists the flags; torchrun --standalone --nproc_per_node=4 dcgan.py trains on 4 GPUs of one machine):
     python dcgan.py                                                  # scikit-learn digits, CPU minutes
-    python dcgan.py --dataset folder --data_root faces/ --img_size 64
     python dcgan.py --resume runs/dcgan_digits_20260101-120000      # continue a run
-    torchrun --standalone --nproc_per_node=4 dcgan.py               # 4 GPUs of one machine
 """
 
 import argparse

@@ -6,13 +6,14 @@ Objective, with targets a (fakes) and b (reals) for D and c for G; --coding 01 i
     min_D  1/2 E_x[(D(x) - b)^2] + 1/2 E_z[(D(G(z)) - a)^2]      z ~ N(0, I), D(.) unbounded (no sigmoid)
     min_G  1/2 E_z[(D(G(z)) - c)^2]      pearson: G minimises the Pearson chi^2 of p_data + p_g and 2 p_g
 
-Kept from DCGAN, so that `diff dcgan.py lsgan.py` is the loss alone: strided convolutions in D and transposed
-convolutions in G (no pooling, no hidden fully connected layers), BatchNorm in both nets except at
-G's output and D's input, ReLU in G with Tanh at its output, LeakyReLU(0.2) in D, weights drawn
-from N(0, 0.02), Adam with lr 2e-4 and beta1 0.5. The depth grows with --img_size.
-The paper's LSUN nets differ: a fully connected layer lifts a 1024-d uniform z, 3x3 deconvolutions, lr 1e-3.
-The digits get 2.5 times dcgan's steps: G's average reaches dcgan's FCD there (0.89 and 1.02 times on seeds
-0 and 1), where at 4,480 steps it was 0.98 and 1.30 times, and G alone at 2,240 about 1.7 times.
+Changes from dcgan.py: the losses above on D's raw score; everything else is DCGAN's (strided convolutions in D,
+transposed ones in G, BatchNorm but at G's output and D's input, N(0, 0.02) weights, Adam 2e-4 with beta1 0.5).
+
+Departures from the paper, and why:
+- DCGAN's nets, a 100-d Gaussian z and lr 2e-4, where the paper's LSUN nets lift a 1024-d uniform z through a fully
+  connected layer into 3x3 deconvolutions at lr 1e-3: so that `diff dcgan.py lsgan.py` is the loss alone.
+- G's moving average (--ema) draws, as in later GANs, since it beat G alone on the digits (docs/results.md).
+- The digits train 2.5 times dcgan's steps, because at dcgan's length the samples lag dcgan's (docs/results.md).
 
 Run:
     python lsgan.py                                                  # scikit-learn digits, CPU minutes

@@ -8,10 +8,13 @@ critic D kept K-Lipschitz by clipping every weight to [-c, c], c = 0.01, before 
     generator:  min_G  -E_z[D(G(z))]
 
 Changes from DCGAN: an unbounded score (no sigmoid, no log), clipped weights (from the start: BatchNorm's gains are
-near 1); 5 critic steps a generator step (100 for the first 25 and every 500th, as in the authors' code); RMSprop 5e-5.
-The paper's lr and clip need many steps on the digits: the FCD of G's average (seed 0) falls from 21.4 at 1,220 steps
-to 14.8 at 3,050, 10.1 at 7,320 and 6.9 at 14,640, the default. Neither RMSprop 2e-4 (14.4 at 3,050), Adam 1e-4, a
-clip of 0.03 nor a critic twice as wide (19.6 at 1,220, at twice the time a step) sped it up much.
+near 1); 5 critic steps a generator step; RMSprop 5e-5.
+
+Departures from the paper, and why:
+- 100 critic steps for the first 25 and every 500th generator step (--n_critic_boost), which Algorithm 1 leaves out:
+  the authors' code does so, to keep the critic near its optimum, where its gradients mean something.
+- The digits' nets are 32 wide (--ngf, --ndf), for 3 times faster steps, and train 14,640 steps, because the paper's
+  lr and clip sharpen them slowly; no other lr, optimizer, clip or width tried did much better (docs/results.md).
 
 Run:
     python wgan.py                                                   # scikit-learn digits, CPU minutes

@@ -9,6 +9,11 @@ with lambda = 10, eps ~ U[0, 1] per sample: an optimal critic has gradient norm 
 Changes from DCGAN: an unbounded score (no sigmoid, no log) and no BatchNorm in the critic (layer norm instead); the
 penalty at points between reals and fakes (not WGAN's clipping); 5 critic steps a generator step; Adam 1e-4, (0, 0.9).
 
+Departures from the paper, and why:
+- DCGAN's nets, where the paper's CIFAR-10 and LSUN results use ResNets: so that `diff dcgan.py wgan_gp.py` is the
+  algorithm alone. On the digits they are 32 wide (--ngf, --ndf), for 3 times faster steps.
+- G's moving average (--ema) draws, as in later GANs, since it beat G alone on the digits (docs/results.md).
+
 Run:
     python wgan_gp.py                                                # scikit-learn digits, CPU minutes
     torchrun --standalone --nproc_per_node=4 wgan_gp.py             # 4 GPUs of one machine

@@ -134,7 +134,7 @@ def test_the_grids_are_drawn_by_the_average_of_g(decay, compile, tmp_path, monke
 
 
 def test_the_average_draws_by_default_only_where_it_won_on_two_seeds():
-    """The README's measured table: on the digits' default runs G's average beat G alone on seeds 0 and 1 for
+    """docs/results.md's two-seed table: on the digits' default runs G's average beat G alone on seeds 0 and 1 for
     dcgan, lsgan, cgan, wgan_gp and began alone; elsewhere it lost on at least one seed, so G itself draws."""
     defaults = {script: importlib.import_module(script).parse_args([]).ema for script in SCRIPTS}
     assert defaults == dict(dcgan=0.995, lsgan=0.995, cgan=0.995, cogan=0.0, wgan=0.0, wgan_gp=0.995, began=0.995)
