@@ -31,7 +31,7 @@ replace the cross-entropy; Adam with lr 1e-4.
 Run (--help lists the flags; torchrun --standalone --nproc_per_node=4 began.py trains on 4 GPUs of one machine):
     python began.py                                                  # scikit-learn digits, CPU minutes
     python began.py --dataset folder --data_root faces/ --img_size 64 --n_filters 64
-    python began.py --resume runs/began_digits_20260101-120000      # continue a run
+    python began.py --resume runs/began_digits_20260101-120000      # continue; --interpolate 16: latent walks
 """
 
 import argparse
@@ -236,6 +236,8 @@ def train(opt):
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
         return run.scorer.write_fakes(run, ema_G.module, fakes, opt.generate)
+    if opt.interpolate:  # --resume RUN --interpolate K: only draw latent walks from the checkpoint
+        return run.plots.interpolate(run, ema_G.module, fixed_z)
 
     real_batches = iter(batches)
     for step in run.progress(start):

@@ -69,7 +69,7 @@ ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("dcgan", "lsgan", "cgan", "cogan", "wgan", "wgan_gp", "began")
 STREAM_ROOT = ROOT.parent / "shared" / "data" / "anime64"  # a folder of 64x64 JPEGs, where present
 # Flags that bench.py sets itself for the real loop (or that its --n_iters overrides), refused in --script_args.
-OWN_FLAGS = ("--out", "--resume", "--n_iters", "--n_epochs", "--generate", "--label")
+OWN_FLAGS = ("--out", "--resume", "--n_iters", "--n_epochs", "--generate", "--interpolate", "--label")
 
 
 def parse_args(argv=None):

@@ -65,6 +65,8 @@ def parse_args(argv=None):
     opt = parser.parse_args(argv)
     if opt.label is not None and not opt.resume:
         parser.error("--label draws from a trained generator: pass --resume RUN_FOLDER with it")
+    if opt.label is not None and (opt.generate or opt.interpolate):
+        parser.error("--label draws one class's grid: drop it, or --generate and --interpolate, which draw every class")
     return opt
 
 
@@ -192,6 +194,8 @@ def train(opt):
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
         return run.scorer.write_fakes(run, ema_G.module, fakes, opt.generate)
+    if opt.interpolate:  # --resume RUN --interpolate K: only draw latent walks from the checkpoint
+        return run.plots.interpolate(run, ema_G.module, fixed_z, data.n_classes)
     if opt.label is not None:  # --resume RUN --label N: only draw class N for every fixed z from the checkpoint
         if opt.label >= data.n_classes:
             classes = f"{data.n_classes} classes, 0..{data.n_classes - 1} ({', '.join(data.classes)})"

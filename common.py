@@ -70,8 +70,8 @@ class ArgumentParser(argparse.ArgumentParser):
             defaults["n_iters"] = None  # the script turns the passes into steps once it knows the data's size
         self.set_defaults(**defaults)
         opt = super().parse_args(args, namespace)
-        if opt.generate and not opt.resume:
-            self.error("--generate writes fakes from a trained generator: pass --resume RUN_FOLDER with it")
+        if not opt.resume and (flag := "--generate" if opt.generate else "--interpolate" if opt.interpolate else None):
+            self.error(f"{flag} draws from a trained generator: pass --resume RUN_FOLDER with it")
         if opt.fid_interval and not (opt.fid or opt.fcd or opt.swd):
             self.error("--fid_interval says how often to score: add --fid, --fcd or --swd")
         return opt
@@ -98,7 +98,8 @@ adam_beta = ema_decay = number(float, 0.0, inclusive=True, below=1.0)  # in [0, 
 
 def add_run_args(parser, ema=0.0):
     """The flags of the run rather than the GAN, the same in every script, as their own group."""
-    run = parser.add_argument_group("run").add_argument
+    group = parser.add_argument_group("run")
+    run, draw = group.add_argument, group.add_mutually_exclusive_group().add_argument  # draw from a trained G, exit
     run("--out", default="runs", help="folder that receives the run folder")
     run("--resume", help="a run folder (or its checkpoint.pt) to continue")
     run("--checkpoint_interval", type=positive_int, default=500, help="generator steps between checkpoints")
@@ -116,7 +117,8 @@ def add_run_args(parser, ema=0.0):
     run("--fid_samples", type=positive_int, default=10000, help="fakes per score")
     run("--fid_weights", help="a local copy of pytorch-fid's Inception weights")
     run("--save_fakes", type=nonnegative_int, default=0, help="write this many fakes as PNGs at the end")
-    run("--generate", type=positive_int, help="with --resume: write this many fakes and exit")
+    draw("--generate", type=positive_int, help="with --resume: write this many fakes and exit")
+    draw("--interpolate", type=number(int, 1, below=1000), help="with --resume: latent walks of this many frames, exit")
     run("--tensorboard", action="store_true", help="also log to <run>/tensorboard; needs plots.py")
     run("--ema", type=ema_decay, default=ema, help="decay of G's moving average, which draws samples and fakes; 0: G")
 
@@ -305,8 +307,8 @@ class Batches:
 
 class Run:
     """One run's folder, <out>/<script>_<dataset>_<time> or --resume's: config.json, metrics.csv, scores.csv,
-    samples/, checkpoint.pt, summary.json. Training locks it (reading it, --generate or --label, does not);
-    under torchrun rank 0 alone writes."""
+    samples/, checkpoint.pt, summary.json. Training locks it (drawing from it, --generate, --interpolate or
+    --label, does not); under torchrun rank 0 alone writes."""
 
     plots_at_finish = True  # losses.png and progress.gif at the end: two seconds, which the tests skip
 
@@ -314,13 +316,14 @@ class Run:
         self.opt, self.script, self.device = opt, Path(script).stem, device
         self.about = f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}" if data else ""
         self.resumed = self._checked(load_checkpoint(opt.resume)) if opt.resume else None
-        self.training = not (opt.generate or getattr(opt, "label", None) is not None)
+        self.training = not (opt.generate or opt.interpolate or getattr(opt, "label", None) is not None)
         self.scorer = self.tensorboard = None
         scoring = opt.fid or opt.fcd or opt.swd or opt.save_fakes
         if opt.generate or (self.training and scoring):  # now: fails before training
             self.scorer = _optional("scoring", "--fid/--fcd/--swd, --save_fakes, --generate").Scorer(opt, data, device)
         if opt.tensorboard and not importlib.util.find_spec("tensorboard"):
             raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
+        self.plots = _optional("plots", "--interpolate and --tensorboard") if opt.interpolate else None  # fails early
         self.dir = self.resumed["dir"] if self.resumed else None
         if is_main():
             self.dir = self.dir or self._new_folder(Path(opt.out), f"{self.script}_{opt.dataset}")

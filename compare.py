@@ -61,7 +61,7 @@ RATES = dict(dcgan=7.9, lsgan=7.6, cgan=7.6, cogan=5.0, wgan=5.5, wgan_gp=3.9, b
 # Flags that compare.py sets itself (or that its budget overrides), refused in --script_args.
 OWN_FLAGS = (
     "--img_size", "--out", "--resume", "--n_iters", "--n_epochs", "--fid", "--fcd", "--fid_interval", "--generate",
-    "--ema",
+    "--interpolate", "--ema",
 )  # fmt: skip
 # --n_iters under --minutes: more generator steps than any time budget reaches, so the clock ends the run.
 TIME_BUDGET_STEPS = 10**9

@@ -14,7 +14,7 @@ PyTorch's DCGAN example; G's moving average (--ema) draws, as in later GANs, sin
 
 Run (--help lists the flags; torchrun --standalone --nproc_per_node=4 dcgan.py trains on 4 GPUs of one machine):
     python dcgan.py                                                  # scikit-learn digits, CPU minutes
-    python dcgan.py --resume runs/dcgan_digits_20260101-120000      # continue a run
+    python dcgan.py --resume runs/dcgan_digits_20260101-120000      # continue; --interpolate 16: latent walks
 """
 
 import argparse
@@ -166,6 +166,8 @@ def train(opt):
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
         return run.scorer.write_fakes(run, ema_G.module, fakes, opt.generate)
+    if opt.interpolate:  # --resume RUN --interpolate K: only draw latent walks from the checkpoint
+        return run.plots.interpolate(run, ema_G.module, fixed_z)
 
     real_batches = iter(batches)
     for step in run.progress(start):

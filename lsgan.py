@@ -171,6 +171,8 @@ def train(opt):
 
     if opt.generate:  # --resume RUN --generate N: only write fakes from the checkpoint
         return run.scorer.write_fakes(run, ema_G.module, fakes, opt.generate)
+    if opt.interpolate:  # --resume RUN --interpolate K: only draw latent walks from the checkpoint
+        return run.plots.interpolate(run, ema_G.module, fixed_z)
 
     real_batches = iter(batches)
     for step in run.progress(start):

@@ -1,6 +1,7 @@
 """Pictures of a run, imported only where they are drawn: losses.png (the metrics over the steps) and
 progress.gif (the sample grids as an animation) at the end of a run and by `python compare.py --plot
-RUN`, and the TensorBoard log of --tensorboard. A run copied without this file trains all the same.
+RUN`, the latent walks of --interpolate, and the TensorBoard log of --tensorboard. A run copied without
+this file trains all the same.
 """
 
 import csv
@@ -8,7 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.utils import make_grid, save_image
 
 import common
 
@@ -155,6 +158,44 @@ def _draw_progress(run_dir, path):
     return True
 
 
+def slerp(a, b, t):
+    """Spherical interpolation from a (t = 0) to b (t = 1) along the arc between them (White 2016, "Sampling
+    Generative Networks"): Gaussian z lie near a sphere of radius sqrt(latent_dim), and a straight line between
+    two of them passes nearer the origin than any z G was trained on. torch has lerp, not slerp."""
+    omega = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1, 1).arccos()[..., None]
+    arc = (((1 - t) * omega).sin() * a + (t * omega).sin() * b) / omega.sin()
+    return torch.where(omega.sin() > 1e-6, arc, torch.lerp(a, b, t))  # a, b (anti)parallel: no arc, a line
+
+
+def interpolate(run, generator, z, n_classes=0):
+    """--resume RUN --interpolate K: walks of K frames from z[i] to z[8 + i], i < 8, drawn by `generator` in
+    evaluation mode, as <run>/interpolation.png, a row a walk (cgan, given `n_classes`: a row a class along
+    the first walk; cogan: both domains side by side), and interpolation.gif, a frame a step of every walk
+    (cgan: a row a class), there and back; returns the run."""
+    walks = slerp(z[:8], z[8:16], torch.linspace(0, 1, run.opt.interpolate, device=z.device)[:, None, None])
+    labels = torch.arange(n_classes, device=z.device).repeat_interleave(8)  # cgan: class k in row k of a frame
+    frames = []
+    with common.evaluating(generator) as net:  # running statistics: an image depends on its own z alone
+        for z_t in walks:  # a frame: each walk at the same point
+            images = net(z_t.repeat(n_classes, 1), labels) if n_classes else net(z_t)
+            images = torch.stack(images, 1).flatten(0, 1) if isinstance(images, tuple) else images  # cogan's pairs
+            frames.append(images.float().cpu())
+    frames = torch.stack(frames)  # K frames x images x C x H x W
+    rows = frames.unflatten(1, (n_classes, 8))[:, :, :1] if n_classes else frames.unflatten(1, (8, -1))
+    png, gif = run.dir / "interpolation.png", run.dir / "interpolation.gif"
+    if common.is_main():  # under torchrun, rank 0 alone writes
+        with run.writing(png.name):  # a row: its K frames (cogan: K pairs) left to right
+            strips = rows.transpose(0, 1).flatten(0, 2)
+            save_image(strips, png, nrow=rows.size(0) * rows.size(2), normalize=True, value_range=(-1, 1))
+        grids = [make_grid(frame, nrow=8, normalize=True, value_range=(-1, 1)) for frame in frames]
+        pictures = [Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()) for grid in grids]
+        pause = int(np.clip(3000 / len(pictures), 40, 250))  # about three seconds each way
+        with run.writing(gif.name):  # there and back again: the loop has no jump
+            pictures[0].save(gif, save_all=True, append_images=pictures[1:] + pictures[-2:0:-1], duration=pause, loop=0)
+    print(f"latent walks of {len(frames)} frames at step {run.step}: {png} and {gif}")
+    return run
+
+
 class TensorBoard:
     """--tensorboard: the metrics, scores and sample grids for TensorBoard, in <run>/tensorboard."""
 
@@ -170,8 +211,6 @@ class TensorBoard:
             self.writer.add_scalar(f"{group}/{name}", value, step)
 
     def grid(self, step, images):
-        from torchvision.utils import make_grid
-
         self.writer.add_image("samples", make_grid(images.float().cpu(), normalize=True, value_range=(-1, 1)), step)
 
     def close(self):
