@@ -1,6 +1,8 @@
 """Using a trained generator: --interpolate's latent walks in every script, what --generate and --interpolate
-refuse (one line, exit code 2, nothing written)."""
+refuse (one line, exit code 2, nothing written), and the README's snippet that rebuilds G from a checkpoint,
+run exactly as printed."""
 
+import re
 import sys
 
 import numpy as np
@@ -12,7 +14,7 @@ from torchvision.utils import save_image
 import common
 import dcgan
 import plots
-from conftest import read_metrics, train_script
+from conftest import ROOT, read_metrics, train_script
 from test_bad_input import run_cli
 from test_scripts import SCRIPTS, TINY
 
@@ -115,3 +117,27 @@ def test_interpolate_without_plots_py_names_the_file_to_copy(runs, tmp_path, mon
     monkeypatch.setitem(sys.modules, "plots", None)  # as a script copied alone with common.py
     assert run_cli("dcgan", ["--resume", runs["dcgan"], "--interpolate", 4], tmp_path) == 2
     assert "--interpolate and --tensorboard need plots.py: copy it" in capsys.readouterr().err
+
+
+def test_the_readme_snippet_rebuilds_g_from_a_checkpoint_as_printed(runs, monkeypatch):
+    """The README's one Python snippet, run as printed in the folder that holds runs/: it loads G's average,
+    which then draws the run's last grid again, pixel for pixel."""
+    (snippet,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    monkeypatch.chdir(runs["dcgan"].parent.parent)
+    namespace = {}
+    exec(snippet, namespace)
+    checkpoint = torch.load(runs["dcgan"] / "checkpoint.pt", weights_only=True)
+    assert namespace["images"].shape == (64, 1, 16, 16) and pixels("fakes.png").shape == (2 + TILE * 8,) * 2
+    with torch.no_grad():
+        again = namespace["G"](checkpoint["fixed_z"])
+    save_image(again, "again.png", nrow=8, normalize=True, value_range=(-1, 1))
+    assert np.array_equal(pixels("again.png"), pixels(runs["dcgan"] / "samples" / "0000002.png"))
+
+
+def test_the_readme_starts_where_a_user_starts():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150
+    first = "\n".join(lines[:30])
+    for command in ("pip install -r requirements.txt && python dcgan.py", "--dataset anime", "--dataset folder"):
+        assert command in first, command
+    assert "python -m pytest -q" in "\n".join(lines) and "LICENSE" in "\n".join(lines)
