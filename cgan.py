@@ -15,6 +15,7 @@ same in either. Needs labels: digits, mnist, fashion, cifar10, or a folder of cl
 Departures from the paper, and why:
 - DCGAN's convolutional nets and Gaussian z, where the paper's are fully connected (ReLU in G, maxout in D, with
   dropout) on a uniform z: so that `diff dcgan.py cgan.py` is the conditioning alone.
+- Adam at DCGAN's lr 2e-4 and beta1 0.5, where the paper ran SGD at lr 0.1 (decaying) with momentum 0.5 rising to 0.7.
 - y enters as a learned embedding, not the paper's one-hot code: as expressive, and D gets it as an image channel.
 - G's moving average (--ema) draws, as in later GANs, since it beat G alone on the digits (docs/results.md).
 
@@ -52,8 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--n_iters", type=common.positive_int, help="generator steps (default: per data set)")
     parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data; --n_iters wins")
     parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
-    parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (paper: 2e-4)")
-    parser.add_argument("--b1", type=common.adam_beta, default=0.5, help="Adam beta1 (paper: 0.5)")
+    parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (DCGAN's: 2e-4)")
+    parser.add_argument("--b1", type=common.adam_beta, default=0.5, help="Adam beta1 (DCGAN's: 0.5)")
     parser.add_argument("--b2", type=common.adam_beta, default=0.999, help="Adam beta2")
     parser.add_argument("--n_critic", type=common.positive_int, default=1, help="D steps per G step")
     parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (paper: 100)")
@@ -135,7 +136,7 @@ class Discriminator(nn.Module):
 
 
 def init_weights(module):
-    """The paper's initialisation: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02), biases 0."""
+    """Weights from N(0, 0.02), the DCGAN paper's; BatchNorm scales from N(1, 0.02) and biases 0, dcgan.torch's."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:

@@ -11,7 +11,8 @@ transposed ones in G, BatchNorm but at G's output and D's input, N(0, 0.02) weig
 
 Departures from the paper, and why:
 - DCGAN's nets, a 100-d Gaussian z and lr 2e-4, where the paper's LSUN nets lift a 1024-d uniform z through a fully
-  connected layer into 3x3 deconvolutions at lr 1e-3: so that `diff dcgan.py lsgan.py` is the loss alone.
+  connected layer into 3x3 deconvolutions, trained at lr 1e-3 in the authors' code: so that `diff dcgan.py lsgan.py`
+  is the loss alone.
 - G's moving average (--ema) draws, as in later GANs, since it beat G alone on the digits (docs/results.md).
 - The digits train 2.5 times dcgan's steps, because at dcgan's length the samples lag dcgan's (docs/results.md).
 
@@ -47,12 +48,12 @@ def parse_args(argv=None):
     parser.add_argument("--n_iters", type=common.positive_int, help="generator steps (default: per data set)")
     parser.add_argument("--n_epochs", type=common.positive_int, help="passes over the data; --n_iters wins")
     parser.add_argument("--batch_size", type=common.positive_int, default=64, help="images per batch")
-    parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (paper: 2e-4)")
+    parser.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (DCGAN's: 2e-4)")
     parser.add_argument("--b1", type=common.adam_beta, default=0.5, help="Adam beta1 (paper: 0.5)")
     parser.add_argument("--b2", type=common.adam_beta, default=0.999, help="Adam beta2")
     parser.add_argument("--n_critic", type=common.positive_int, default=1, help="D steps per G step")
     parser.add_argument("--coding", choices=tuple(CODINGS), default="01", help="targets (a, b, c): 01 (paper), pearson")
-    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (paper: 100)")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (DCGAN's: 100)")
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="G's width at its last hidden layer")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="D's width at its first layer")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between grids")
@@ -120,7 +121,7 @@ class Discriminator(nn.Module):
 
 
 def init_weights(module):
-    """The paper's initialisation: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02), biases 0."""
+    """Weights from N(0, 0.02), the DCGAN paper's; BatchNorm scales from N(1, 0.02) and biases 0, dcgan.torch's."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:

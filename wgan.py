@@ -51,7 +51,7 @@ def parse_args(argv=None):
     parser.add_argument("--n_critic_boost", type=common.nonnegative_int, default=100, help="early critic steps; 0: off")
     parser.add_argument("--clip_value", type=common.positive_float, default=0.01, help="weight clip c (paper: 0.01)")
     parser.add_argument("--log_grad_norms", action="store_true", help="log ||grad_x D|| at reals and fakes")
-    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (paper: 100)")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (authors' code: 100)")
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="G's width at its last hidden layer")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="the critic's width at its first layer")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between grids")
@@ -119,7 +119,7 @@ class Critic(nn.Module):
 
 
 def init_weights(module):
-    """The paper's initialisation: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02), biases 0."""
+    """Weights from N(0, 0.02), the DCGAN paper's; BatchNorm scales from N(1, 0.02) and biases 0, dcgan.torch's."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:

@@ -10,8 +10,9 @@ Changes from DCGAN: an unbounded score (no sigmoid, no log) and no BatchNorm in 
 penalty at points between reals and fakes (not WGAN's clipping); 5 critic steps a generator step; Adam 1e-4, (0, 0.9).
 
 Departures from the paper, and why:
-- DCGAN's nets, where the paper's CIFAR-10 and LSUN results use ResNets: so that `diff dcgan.py wgan_gp.py` is the
-  algorithm alone. On the digits they are 32 wide (--ngf, --ndf), for 3 times faster steps.
+- DCGAN's nets and 100-d z, where the paper's CIFAR-10 and LSUN results use ResNets and the authors' code a 128-d z:
+  so that `diff dcgan.py wgan_gp.py` is the algorithm alone. On the digits they are 32 wide (--ngf, --ndf), for 3
+  times faster steps.
 - G's moving average (--ema) draws, as in later GANs, since it beat G alone on the digits (docs/results.md).
 
 Run:
@@ -49,7 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--n_critic", type=common.positive_int, default=5, help="critic steps per G step (paper: 5)")
     parser.add_argument("--lambda_gp", type=common.nonnegative_float, default=10.0, help="penalty weight (paper: 10)")
     parser.add_argument("--log_grad_norms", action="store_true", help="log ||grad_x D|| at reals and fakes")
-    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (paper: 100)")
+    parser.add_argument("--latent_dim", type=common.positive_int, default=100, help="size of z (DCGAN's: 100)")
     parser.add_argument("--ngf", type=common.positive_int, default=64, help="G's width at its last hidden layer")
     parser.add_argument("--ndf", type=common.positive_int, default=64, help="the critic's width at its first layer")
     parser.add_argument("--sample_interval", type=common.positive_int, help="generator steps between grids")
@@ -117,7 +118,7 @@ class Critic(nn.Module):
 
 
 def init_weights(module):
-    """The paper's initialisation: weights from N(0, 0.02), BatchNorm scales from N(1, 0.02), biases 0."""
+    """Weights from N(0, 0.02), the DCGAN paper's; BatchNorm scales from N(1, 0.02) and biases 0, dcgan.torch's."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
