@@ -1,12 +1,12 @@
-"""began.py: the losses and the k_t controller as in the paper, k_t stays in [0, 1] and resumes, the nets
-fit every accepted size, the lr decays on a stalled M, the digits' own defaults."""
+"""began.py: the losses and the k_t controller as in the paper, and the losses as the loop uses them, k_t stays in
+[0, 1] and resumes, the nets fit every accepted size, the lr decays on a stalled M, the digits' own defaults."""
 
 import pytest
 import torch
 
 import began
 import dcgan
-from conftest import read_metrics, train_script
+from conftest import read_metrics, spy_training, train_script
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--n_filters", 4, "--h_dim", 8, "--sample_interval", 2]
 
@@ -23,6 +23,27 @@ def test_losses_and_controller_by_hand():
     assert began.update_k(k_t, loss_real, torch.tensor(0.1), 0.5, 0.1).item() == pytest.approx(0.255)
     assert began.update_k(k_t, loss_real, loss_fake, 0.5, 0.1).item() == pytest.approx(0.185)
     assert began.convergence_measure(loss_real, loss_fake, 0.5).item() == pytest.approx(0.3 + abs(0.15 - 0.8))
+
+
+@pytest.fixture(scope="module")
+def spied(tmp_path_factory):
+    args = [*TINY, "--gamma", 0.7, "--lambda_k", 0.5, "--n_iters", 2]  # k_t above 0 after the first step
+    return spy_training("began", tmp_path_factory.mktemp("run"), "DCGANGenerator", "DCGANDiscriminator", *args)
+
+
+def test_each_loss_pulls_the_reconstructions_its_way_in_the_loop(spied):
+    """The gradient of each step's loss, as the loop computes it, with respect to D's reconstruction D(v) of its input
+    v: sign(D(v) - v) / N in D's step at the reals (reconstruct them well) and in G's step at the fakes (G minimises
+    L(G(z))); -k_t sign(D(v) - v) / N in D's step at the fakes (reconstruct them badly, as much as k_t says)."""
+    steps = [(call.step, call.kinds) for call in spied.calls]
+    assert steps == [("D", ("real",)), ("D", ("fake",)), ("G", ("fake",))] * 2
+    k_before = [0.0] + [float(row["k_t"]) for row in read_metrics(spied.run.dir)]
+    assert k_before[1] > 0  # the second step weighs the fakes' term in
+    for index, call in enumerate(spied.calls):
+        (images,), (reconstructions,) = call.inputs, call.outputs
+        pull = (reconstructions - images).detach().sign() / images.numel()
+        weight = -k_before[index // 3] if call.step == "D" and call.kinds == ("fake",) else 1.0
+        torch.testing.assert_close(call.grads[0], weight * pull, rtol=1e-4, atol=1e-9)
 
 
 def test_k_t_is_clipped_to_the_unit_interval():

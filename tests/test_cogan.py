@@ -1,5 +1,6 @@
-"""cogan.py: which weights the coupled nets share, the losses, domain B drawn from the images domain A
-never sees, domain B's variants, grids of pairs."""
+"""cogan.py: which weights the coupled nets share, the losses by hand and as the loop uses them, each domain's images
+judged by its own discriminator, domain B drawn from the images domain A never sees, domain B's variants, grids of
+pairs, the coupled nets against DCGAN's guidelines."""
 
 import math
 
@@ -9,7 +10,16 @@ from PIL import Image
 
 import cogan
 import common
-from conftest import log_sigmoid, read_metrics, train_script, write_images
+from conftest import (
+    assert_cross_entropy_pulls,
+    assert_dcgan_guidelines,
+    assert_dcgan_init,
+    log_sigmoid,
+    read_metrics,
+    spy_training,
+    train_script,
+    write_images,
+)
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--sample_interval", 2]
 
@@ -62,6 +72,42 @@ def test_losses_by_hand():
     logits = torch.tensor([-10.0], requires_grad=True)  # a rejected fake: the non-saturating gradient stays ~ -1
     cogan.generator_loss(logits).backward()
     assert logits.grad.item() == pytest.approx(-1 / (1 + math.exp(-10)), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def spied(tmp_path_factory):
+    args = [*TINY, "--n_iters", 1]
+    return spy_training("cogan", tmp_path_factory.mktemp("run"), "CoupledGenerators", "CoupledDiscriminators", *args)
+
+
+def test_each_loss_pulls_the_logits_its_way_in_the_loop(spied):
+    """D's step raises both domains' logits at the reals and lowers them at the fakes; G's step raises them at its
+    fakes (a mean over both domains' logits)."""
+    steps = [(call.step, call.kinds) for call in spied.calls]
+    assert steps == [("D", ("real", "real")), ("D", ("fake", "fake")), ("G", ("fake", "fake"))]
+    assert_cross_entropy_pulls(spied.calls)
+
+
+def test_each_domains_images_are_judged_by_its_own_discriminator(spied):
+    """D1 gets G1's fakes and domain A's reals, D2 G2's fakes of the same z and the negatives of the other stream's."""
+    for call in spied.calls:
+        image_a, image_b = call.inputs
+        if call.kinds == ("fake", "fake"):
+            (_, made_from, domain_a), (_, made_b_from, domain_b) = spied.fakes[id(image_a)], spied.fakes[id(image_b)]
+            assert (domain_a, domain_b) == (0, 1) and made_from is made_b_from
+        else:
+            assert id(image_a) in spied.reals
+            assert any(torch.equal(-image_b, images) for images, _ in spied.reals.values())
+
+
+def test_coupled_nets_follow_the_dcgan_guidelines_and_initialisation(spied):
+    """Each domain's G and D is DCGAN's (G's Tanh is applied in forward, after the domain's own last layer)."""
+    generators, discriminators = spied.first["generator"], spied.first["discriminator"]
+    for last, first in (generators.last_a, discriminators.first_a), (generators.last_b, discriminators.first_b):
+        assert_dcgan_guidelines([*generators.shared, last, torch.nn.Tanh()], [first, *discriminators.shared])
+    assert_dcgan_init(generators)
+    assert_dcgan_init(discriminators)
+    assert any((logits < 0).any() for call in spied.calls for logits in call.outputs)  # logits, not probabilities
 
 
 def test_discriminator_learns_real_from_fake(tmp_path):

@@ -1,5 +1,6 @@
-"""dcgan.py's losses (cgan.py's are the same: tested here too) on fixed numbers, computed by hand, and a short
-run in which D tells real from fake."""
+"""dcgan.py's losses (cgan.py's are the same: tested here too) on fixed numbers, computed by hand, the same losses as
+the loop uses them (what each step's loss pushes D's logits to, cgan's and cogan's too), the nets' architecture and
+initialisation against the paper's guidelines, and a short run in which D tells real from fake."""
 
 import math
 
@@ -8,7 +9,15 @@ import torch
 
 import cgan
 import dcgan
-from conftest import log_sigmoid, read_metrics, train_script
+from conftest import (
+    assert_cross_entropy_pulls,
+    assert_dcgan_guidelines,
+    assert_dcgan_init,
+    log_sigmoid,
+    read_metrics,
+    spy_training,
+    train_script,
+)
 
 TINY = ["--img_size", 16, "--batch_size", 16, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--sample_interval", 50]
 
@@ -25,6 +34,25 @@ def test_losses_by_hand(script):
     logits = torch.tensor([-10.0], requires_grad=True)
     script.generator_loss(logits).backward()
     assert logits.grad.item() == pytest.approx(-1 / (1 + math.exp(-10)), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def spied(tmp_path_factory):
+    return spy_training("dcgan", tmp_path_factory.mktemp("run"), "Generator", "Discriminator", *TINY, "--n_iters", 1)
+
+
+def test_each_loss_pulls_the_logits_its_way_in_the_loop(spied):
+    """D's step raises D's logits at the reals and lowers them at the fakes; G's step raises them at its fakes."""
+    assert [(call.step, call.kinds) for call in spied.calls] == [("D", ("real",)), ("D", ("fake",)), ("G", ("fake",))]
+    assert_cross_entropy_pulls(spied.calls)
+
+
+def test_nets_follow_the_dcgan_guidelines_and_initialisation(spied):
+    generator, discriminator = spied.first["generator"], spied.first["discriminator"]
+    assert_dcgan_guidelines(list(generator.net), list(discriminator.net))
+    assert_dcgan_init(generator)
+    assert_dcgan_init(discriminator)
+    assert any((call.outputs[0] < 0).any() for call in spied.calls)  # logits, not probabilities
 
 
 def test_discriminator_learns_real_from_fake(tmp_path):

@@ -1,12 +1,12 @@
-"""lsgan.py: the least-squares losses for both codings by hand, the coding reaching the losses and the training, the
-defaults, the models at every size."""
+"""lsgan.py: the least-squares losses for both codings by hand, the coding reaching the losses and the training, each
+loss's targets as the loop uses them, the defaults, the models at every size and against DCGAN's guidelines."""
 
 import pytest
 import torch
 import torch.nn as nn
 
 import lsgan
-from conftest import read_metrics, train_script
+from conftest import assert_dcgan_guidelines, assert_dcgan_init, read_metrics, spy_training, train_script
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
 
@@ -62,6 +62,30 @@ def test_the_coding_reaches_the_losses(coding, tmp_path, monkeypatch):
     a, b, c = lsgan.CODINGS[coding]
     assert calls == [("D", a, b), ("G", c)] * 2
     assert torch.load(run.checkpoint_path, weights_only=True)["args"]["coding"] == coding
+
+
+@pytest.fixture(scope="module")
+def spied(tmp_path_factory):
+    """A step of the pearson coding, whose three targets differ: a target mixed up with another shows."""
+    args = [*TINY, "--coding", "pearson", "--n_iters", 1]
+    return spy_training("lsgan", tmp_path_factory.mktemp("run"), "Generator", "Discriminator", *args)
+
+
+def test_each_loss_pulls_the_scores_to_its_target_in_the_loop(spied):
+    """The gradient of each step's loss, as the loop computes it, with respect to D's scores s: (s - t) / N, towards
+    the target t: in D's step b = 1 at the reals and a = -1 at the fakes, in G's step c = 0 at the fakes."""
+    assert [(call.step, call.kinds) for call in spied.calls] == [("D", ("real",)), ("D", ("fake",)), ("G", ("fake",))]
+    a, b, c = lsgan.CODINGS["pearson"]
+    for call, target in zip(spied.calls, (b, a, c)):
+        scores = call.outputs[0].detach()
+        torch.testing.assert_close(call.grads[0], (scores - target) / len(scores))
+
+
+def test_nets_follow_the_dcgan_guidelines_and_initialisation(spied):
+    generator, discriminator = spied.first["generator"], spied.first["discriminator"]
+    assert_dcgan_guidelines(list(generator.net), list(discriminator.net))
+    assert_dcgan_init(generator)
+    assert_dcgan_init(discriminator)
 
 
 def test_the_codings_train_differently(tmp_path):

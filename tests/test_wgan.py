@@ -1,12 +1,12 @@
-"""wgan.py: the losses by hand, weight clipping (from before the first critic update on), the critic schedule (also
-across epochs and on resume), the defaults, the models."""
+"""wgan.py: the losses by hand and as the loop uses them, weight clipping (from before the first critic update on), the
+critic schedule (also across epochs and on resume), the defaults, the models against DCGAN's guidelines."""
 
 import pytest
 import torch
 import torch.nn as nn
 
 import wgan
-from conftest import read_metrics, train_script
+from conftest import assert_dcgan_guidelines, assert_dcgan_init, read_metrics, spy_training, train_script
 
 TINY = ["--img_size", 16, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
 
@@ -21,6 +21,28 @@ def test_losses_match_a_hand_computation():
     assert wgan.critic_loss(d_real, d_fake).item() == pytest.approx(1.0 - 2.0)  # E[D(G(z))] - E[D(x)]
     assert wgan.generator_loss(d_fake).item() == pytest.approx(-1.0)  # -E[D(G(z))]
     assert wgan.generator_loss(torch.tensor([1.0, 2.0])).item() == pytest.approx(-1.5)
+
+
+@pytest.fixture(scope="module")
+def spied(tmp_path_factory):
+    args = [*TINY, "--batch_size", 8, "--n_critic", 1, "--n_critic_boost", 0, "--n_iters", 1]
+    return spy_training("wgan", tmp_path_factory.mktemp("run"), "Generator", "Critic", *args)
+
+
+def test_each_loss_pulls_the_scores_its_way_in_the_loop(spied):
+    """The gradient of each step's loss, as the loop computes it, with respect to the critic's scores: -1/N at the
+    reals and +1/N at the fakes in the critic's step (it raises the reals' scores, lowers the fakes'), -1/N at the
+    fakes in G's step (G ascends the critic)."""
+    assert [(call.step, call.kinds) for call in spied.calls] == [("D", ("real",)), ("D", ("fake",)), ("G", ("fake",))]
+    for call, sign in zip(spied.calls, (-1, 1, -1)):
+        torch.testing.assert_close(call.grads[0], torch.full((8,), sign / 8))
+
+
+def test_nets_follow_the_dcgan_guidelines(spied):
+    """The paper's critic is DCGAN's without the sigmoid; G keeps DCGAN's initialisation (the critic's is clipped)."""
+    generator, critic = spied.first["generator"], spied.first["discriminator"]
+    assert_dcgan_guidelines(list(generator.net), list(critic.net))
+    assert_dcgan_init(generator)
 
 
 def test_clip_weights_bounds_every_parameter():

@@ -1,5 +1,6 @@
-"""wgan_gp.py: the losses and the gradient penalty against hand computations, the penalty in the critic's loss at
-the interpolates (not at the reals, not dropped), the critic without BatchNorm and eager under --compile."""
+"""wgan_gp.py: the losses and the gradient penalty against hand computations (slopes above 1 and below it), the losses
+as the loop uses them, the penalty in the critic's loss at the interpolates (not at the reals, not dropped), one
+interpolation weight a sample, the critic without BatchNorm (DCGAN's guidelines otherwise) and eager under --compile."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch.nn as nn
 from PIL import Image
 
 import wgan_gp
-from conftest import read_metrics, train_script
+from conftest import assert_dcgan_guidelines, assert_dcgan_init, read_metrics, spy_training, train_script
 
 TINY = ["--img_size", 16, "--latent_dim", 8, "--ngf", 8, "--ndf", 8]
 
@@ -47,20 +48,34 @@ def test_losses_match_a_hand_computation():
     assert wgan_gp.generator_loss(torch.tensor([1.0, 2.0])).item() == pytest.approx(-1.5)
 
 
-def test_penalty_of_a_linear_critic():
-    # f(x) = w.x has gradient w everywhere, so ||grad|| = ||w|| = 3 at every xhat: penalty (3 - 1)^2.
+@pytest.mark.parametrize("slope", [3.0, 0.5])  # the penalty is two-sided: a slope under 1 costs too
+def test_penalty_of_a_linear_critic(slope):
+    # f(x) = w.x has gradient w everywhere, so ||grad|| = ||w|| = slope at every xhat: penalty (slope - 1)^2.
     w = torch.zeros(2, 3, 4)
-    w[0, 0, 0] = 3.0
+    w[0, 0, 0] = slope
     w.requires_grad_(True)
     critic = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731
     real, fake = torch.randn(5, 2, 3, 4), torch.randn(5, 2, 3, 4)
     penalty, norm = wgan_gp.gradient_penalty(critic, real, fake)
-    assert penalty.item() == pytest.approx(4.0) and norm.item() == pytest.approx(3.0)
+    assert penalty.item() == pytest.approx((slope - 1) ** 2) and norm.item() == pytest.approx(slope)
     # The penalty is differentiable in the critic's weights: d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w||.
     penalty.backward()
     expected = torch.zeros(2, 3, 4)
-    expected[0, 0, 0] = 4.0
+    expected[0, 0, 0] = 2 * (slope - 1)
     assert torch.allclose(w.grad, expected)
+
+
+def test_each_sample_is_interpolated_with_its_own_weight():
+    """xhat = eps x + (1 - eps) G(z) with eps ~ U[0, 1] drawn per sample: between all-1 reals and all-(-1) fakes
+    xhat = 2 eps - 1, the same at each pixel of an image and another in each image."""
+    seen = []
+    critic = lambda x: seen.append(x.detach()) or x.flatten(1).sum(1)  # noqa: E731
+    torch.manual_seed(0)
+    wgan_gp.gradient_penalty(critic, torch.ones(64, 2, 3, 3), -torch.ones(64, 2, 3, 3))
+    eps = (seen[0] + 1) / 2
+    assert torch.equal(eps, eps[:, :1, :1, :1].expand_as(eps))
+    assert len(eps[:, 0, 0, 0].unique()) == 64 and 0 <= eps.min() and eps.max() <= 1
+    assert eps.mean().item() == pytest.approx(0.5, abs=0.1)
 
 
 def test_penalty_takes_each_samples_norm_over_all_pixels():
@@ -102,6 +117,29 @@ def test_the_critic_loss_holds_the_penalty_at_the_interpolates(tmp_path, monkeyp
     assert float(row["loss_G"]) == pytest.approx(64.0)
     # --log_grad_norms measures at the reals and at the fakes, each its own.
     assert (float(row["grad_norm_real"]), float(row["grad_norm_fake"])) == (pytest.approx(6.0), pytest.approx(4.0))
+
+
+@pytest.fixture(scope="module")
+def spied(tmp_path_factory):
+    args = [*TINY, "--batch_size", 8, "--n_critic", 1, "--n_iters", 1]
+    return spy_training("wgan_gp", tmp_path_factory.mktemp("run"), "Generator", "Critic", *args)
+
+
+def test_each_loss_pulls_the_scores_its_way_in_the_loop(spied):
+    """The gradient of each step's loss, as the loop computes it, with respect to the critic's scores: -1/N at the
+    reals and +1/N at the fakes in the critic's step, where the penalty judges the interpolates; -1/N at the fakes in
+    G's step (G ascends the critic)."""
+    steps = [(call.step, call.kinds) for call in spied.calls]
+    assert steps == [("D", ("real",)), ("D", ("fake",)), ("D", ("interpolate",)), ("G", ("fake",))]
+    for call, sign in zip([spied.calls[i] for i in (0, 1, 3)], (-1, 1, -1)):
+        torch.testing.assert_close(call.grads[0], torch.full((8,), sign / 8))
+
+
+def test_nets_follow_the_dcgan_guidelines_with_layer_norm_in_the_critic(spied):
+    generator, critic = spied.first["generator"], spied.first["discriminator"]
+    assert_dcgan_guidelines(list(generator.net), list(critic.net), norm=nn.GroupNorm)
+    assert_dcgan_init(generator)
+    assert_dcgan_init(critic)
 
 
 def test_critic_has_no_batchnorm_and_scores_each_sample_alone():
