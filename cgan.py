@@ -4,11 +4,12 @@ Paper: Mirza & Osindero, "Conditional Generative Adversarial Nets", 2014, arXiv:
 
 Objective: both nets see the class label y, with the generator's non-saturating form:
     max_D  E_(x,y)[log D(x|y)] + E_(z,y)[log(1 - D(G(z|y)|y))]
-    max_G  E_(z,y)[log D(G(z|y)|y)]               z ~ N(0, I), y ~ uniform, D(.) = sigmoid(logit)
+    max_G  E_(z,y)[log D(G(z|y)|y)]               z ~ N(0, I), y ~ the data's labels, D(.) = sigmoid(logit)
 
 Changes from dcgan.py: the label enters G as a learned embedding concatenated to z, and D as a
 learned embedding shaped as one more image channel, so both nets see it from their first layer on.
-Fakes are made for random labels. Grids have a row per class, the columns sharing their noise, and
+Fakes are made for labels drawn as often as the data's: with uniform ones, D could tell the fakes of an
+imbalanced data set by their label alone. Grids have a row per class, the columns sharing their noise, and
 --label draws one class from a trained run, both in evaluation mode: the image of a (z, y) is the
 same in either. Needs labels: digits, mnist, fashion, cifar10, or a folder of class sub-folders.
 
@@ -184,6 +185,7 @@ def train(opt):
     scaler_D = torch.amp.GradScaler(device.type, enabled=scaling)
     scaler_G = torch.amp.GradScaler(device.type, enabled=scaling)
     fixed_z = torch.randn(64, opt.latent_dim, device=device)  # the same z for every grid: how G(z|y) evolves
+    label_counts = torch.bincount(data.labels, minlength=data.n_classes).float().to(device)  # fake labels' odds
     state = dict(generator=generator, discriminator=discriminator, optimizer_G=optimizer_G, optimizer_D=optimizer_D)
     state.update(scaler_G=scaler_G, scaler_D=scaler_D, batches=batches, fixed_z=fixed_z, ema_G=ema_G)
     start = run.restore(state)
@@ -216,7 +218,7 @@ def train(opt):
         for _ in range(opt.n_critic):
             real, labels = next(real_batches)
             z = torch.randn(real.size(0), opt.latent_dim, device=device)
-            fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
+            fake_labels = torch.multinomial(label_counts, real.size(0), replacement=True)
             with autocast:
                 with torch.no_grad():  # to D the fakes are constants: no graph through G is needed
                     fake = generator(z, fake_labels)
@@ -231,7 +233,7 @@ def train(opt):
         #  Train Generator
         # -----------------
         z = torch.randn(real.size(0), opt.latent_dim, device=device)
-        fake_labels = torch.randint(data.n_classes, (real.size(0),), device=device)
+        fake_labels = torch.multinomial(label_counts, real.size(0), replacement=True)
         with autocast, common.frozen(discriminator) as frozen_D:  # only G's weights need gradients here
             loss_G = generator_loss(frozen_D(generator(z, fake_labels), fake_labels))
         optimizer_G.zero_grad(set_to_none=True)

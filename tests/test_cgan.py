@@ -1,5 +1,7 @@
-"""cgan.py: the label reaches both nets, grids have one row per class and --label draws one class, each image
-depending on its own (z, y) alone. Its losses, DCGAN's on conditioned logits, are tested in test_dcgan.py."""
+"""cgan.py: the label reaches both nets, fakes are judged with the labels they were made for and reals with their
+own, fake labels as frequent as the data's, grids have one row per class and --label draws one class, each image
+depending on its own (z, y) alone, the nets against DCGAN's guidelines. Its losses, DCGAN's on conditioned logits,
+are tested by hand in test_dcgan.py; here as the loop uses them."""
 
 import numpy as np
 import pytest
@@ -8,7 +10,15 @@ from PIL import Image
 
 import cgan
 import common
-from conftest import read_metrics, train_script, write_images
+from conftest import (
+    assert_cross_entropy_pulls,
+    assert_dcgan_guidelines,
+    assert_dcgan_init,
+    read_metrics,
+    spy_training,
+    train_script,
+    write_images,
+)
 
 TINY = ["--img_size", 16, "--batch_size", 8, "--latent_dim", 8, "--ngf", 8, "--ndf", 8, "--sample_interval", 2]
 
@@ -25,6 +35,49 @@ def test_label_changes_both_nets():
         assert torch.equal(fake, generator(z, threes))
         assert discriminator(fake, threes).shape == (4,)
         assert not torch.allclose(discriminator(fake, threes), discriminator(fake, sevens))
+
+
+@pytest.fixture(scope="module")
+def spied(tmp_path_factory):
+    """Four steps on an imbalanced folder: 24 images of class a, 8 of b, 4 of c and d."""
+    root = tmp_path_factory.mktemp("data")
+    for start, (name, count) in enumerate({"a": 24, "b": 8, "c": 4, "d": 4}.items()):
+        write_images(root / "data" / name, count, size=(16, 16), start=100 * start)
+    args = [*TINY, "--batch_size", 16, "--dataset", "folder", "--data_root", root / "data", "--n_iters", 4]
+    return spy_training("cgan", root / "runs", "Generator", "Discriminator", *args)
+
+
+def test_each_loss_pulls_the_logits_its_way_in_the_loop(spied):
+    """D's step raises D's logits at the reals and lowers them at the fakes; G's step raises them at its fakes."""
+    assert [(call.step, call.kinds) for call in spied.calls] == [
+        ("D", ("real",)),
+        ("D", ("fake",)),
+        ("G", ("fake",)),
+    ] * 4
+    assert_cross_entropy_pulls(spied.calls)
+
+
+def test_fakes_are_judged_with_the_labels_they_were_made_for_and_reals_with_their_own(spied):
+    for call in spied.calls:
+        images, labels = call.inputs
+        made_for = spied.fakes[id(images)][1][1] if call.kinds == ("fake",) else spied.reals[id(images)][1]
+        assert torch.equal(labels, made_for)
+
+
+def test_fake_labels_are_as_frequent_as_the_datas(spied):
+    """On an imbalanced folder uniform fake labels would let D reject fakes by their label alone: fakes of class a
+    are 60% of all, as the data's, not a quarter."""
+    drawn = torch.cat([call.inputs[1] for call in spied.calls if call.kinds == ("fake",)])
+    assert len(drawn) == 8 * 16 and (drawn == 0).float().mean().item() == pytest.approx(0.6, abs=0.12)
+    assert (drawn == 3).any()  # and the rarest class has its share too
+
+
+def test_nets_follow_the_dcgan_guidelines_and_initialisation(spied):
+    generator, discriminator = spied.first["generator"], spied.first["discriminator"]
+    assert_dcgan_guidelines(list(generator.net), list(discriminator.net))
+    assert_dcgan_init(generator)
+    assert_dcgan_init(discriminator)
+    assert any((call.outputs[0] < 0).any() for call in spied.calls)  # logits, not probabilities
 
 
 def test_discriminator_learns_real_from_fake(tmp_path):
