@@ -152,9 +152,11 @@ def critic_steps(step, n_critic, n_critic_boost):
 
 
 def input_gradient_norm(critic, images):
-    """||grad_x D(x)||_2 averaged over the batch, the critic's slope at the images (--log_grad_norms)."""
+    """||grad_x D(x)||_2 averaged over the batch, the critic's slope at the images (--log_grad_norms), each image's own:
+    in evaluation mode, since with BatchNorm's batch statistics (wgan's critic) each score depends on the others."""
     images = images.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(images).sum(), images)
+    with common.evaluating(critic) as net, torch.enable_grad():  # evaluating() turns gradients off: back on for x
+        (grad,) = torch.autograd.grad(net(images).sum(), images)
     return grad.flatten(1).norm(2, dim=1).mean()
 
 

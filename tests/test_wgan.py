@@ -126,6 +126,19 @@ def test_logs_the_wasserstein_estimate(tmp_path):
     assert float(row["W_estimate"]) == pytest.approx(-float(row["loss_D"]), abs=1e-6)  # W estimate = -critic loss
 
 
+def test_the_logged_slope_is_each_images_own():
+    """--log_grad_norms measures ||grad_x D(x)|| of each image alone: with the batch's BatchNorm statistics an image's
+    gradient would flow through the others' scores too. The critic's running statistics and mode stay as they were."""
+    torch.manual_seed(0)
+    critic = wgan.Critic(1, 16, 4).apply(wgan.init_weights)
+    critic(torch.randn(32, 1, 16, 16) + 0.5)  # running statistics of some other batch
+    buffers = [b.clone() for b in critic.buffers()]
+    images = torch.randn(6, 1, 16, 16)
+    alone = torch.stack([wgan.input_gradient_norm(critic, image[None]) for image in images])
+    torch.testing.assert_close(wgan.input_gradient_norm(critic, images), alone.mean())
+    assert critic.training and all(torch.equal(a, b) for a, b in zip(buffers, critic.buffers()))
+
+
 @pytest.mark.parametrize("img_size", [28, 64, 96])
 def test_models_at_each_size(img_size):
     generator, critic = wgan.Generator(8, 3, img_size, 4), wgan.Critic(3, img_size, 4)
