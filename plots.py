@@ -26,6 +26,7 @@ PLOT_PANELS = (
     ("BEGAN's convergence measure M", ("M",), False),
     ("critic gradient norm ||grad_x D||", ("grad_norm_real", "grad_norm_fake", "grad_norm"), True),
     ("FCD (classifier features; lower is better)", ("fcd",), "auto"),
+    ("class balance: K x the rarest class's share of the fakes (1: even; 0: one missing)", ("balance",), False),
     ("FID (Inception features; lower is better)", ("fid",), "auto"),
 )
 PLOT_LABELS = {

@@ -3,8 +3,10 @@
 fake images (lower is better):
     fid  pytorch-fid's InceptionV3 pool features (2048-d), the number papers report; needs its weights.
     fcd  the 64 features of a small classifier trained once on the labelled training data, with
-         `confident` (the share of fakes it gives a class with p >= 0.9) and `classes` (how many classes
-         those cover): no download; meaningful where a classifier tells the classes apart (digits).
+         `confident` (the share of fakes it gives a class with p >= 0.9), `classes` (how many classes
+         those cover), `balance` (K times the rarest class's share of them: 1 when all K are drawn
+         alike, 0.5 when one is drawn at half its share, 0 when one is missing) and their count per
+         class (class_<name>): no download; meaningful where a classifier tells the classes apart (digits).
 And one distance between distributions of image patches, for any images and with no download:
     swd  the sliced Wasserstein distance between 7x7 neighbourhoods of the Laplacian-pyramid levels of real
          and fake images, from the training size down to 16x16 (Karras et al. 2018, "Progressive Growing of
@@ -21,6 +23,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -291,6 +294,8 @@ class Scorer:
         if self.opt.fcd:
             scores["fcd"] = frechet_distance(statistics(torch.cat(features)), self.fcd_stats)
             scores.update(confident=counts.sum().item() / self.opt.fid_samples, classes=int((counts > 0).sum()))
+            scores["balance"] = len(counts) * counts.min().item() / max(counts.sum().item(), 1)
+            scores.update(zip(self.class_columns(), map(int, counts.tolist())))
         if self.opt.swd:  # the mean over directions of the 1-d distance between sorted projections, per level
             patches = torch.cat(patches)[: self.swd_real.size(-1)]  # as many fakes as real images
             distances = (sorted_projections(patches, self.directions) - self.swd_real).abs().mean((1, 2))
@@ -299,7 +304,8 @@ class Scorer:
         run.append("scores.csv", dict(step=step, **run.scores, seconds=run.seconds))
         if run.tensorboard:
             run.tensorboard.scalars("score", step, run.scores)
-        print(f"step {step}  " + "  ".join(f"{name} {value:.4g}" for name, value in run.scores.items()))
+        shown = {name: value for name, value in run.scores.items() if not name.startswith("class_")}  # counts: csv only
+        print(f"step {step}  " + "  ".join(f"{name} {value:.4g}" for name, value in shown.items()))
 
     def finish(self, run, generator, fakes):
         """At the end of training: the scores at the last step (unless scored there), then --save_fakes."""
@@ -313,12 +319,19 @@ class Scorer:
         as compare.py does): then run.scores are read back from it, not scored and written a second time."""
         path = run.dir / "scores.csv"
         rows = list(csv.DictReader(path.read_text().splitlines())) if common.is_main() and path.exists() else []
-        names = ["fid"] * self.opt.fid + ["fcd", "confident", "classes"] * self.opt.fcd + ["swd"] * self.opt.swd
+        fcd = ["fcd", "confident", "classes", "balance", *self.class_columns()] if self.opt.fcd else []
+        names = ["fid"] * self.opt.fid + fcd + ["swd"] * self.opt.swd
         if not rows or rows[-1]["step"] != str(run.step) or not all(rows[-1].get(name) for name in names):
             return False
-        run.scores = {name: int(rows[-1][name]) if name == "classes" else float(rows[-1][name]) for name in names}
+        whole = [name for name in names if name.startswith("class")]  # classes, and the counts class_<name>
+        run.scores = {name: int(rows[-1][name]) if name in whole else float(rows[-1][name]) for name in names}
         self.scored_at = run.step
         return True
+
+    def class_columns(self):
+        """The per-class columns of --fcd: class_<name>, or class_<index> where a name would not make a plain one."""
+        plain = all(re.fullmatch(r"[\w.-]+", name) for name in self.data.classes)
+        return [f"class_{name if plain else index}" for index, name in enumerate(self.data.classes)]
 
     def write_fakes(self, run, generator, fakes, n):
         """n fakes as PNG files in <run>/fakes (a folder per class where they have labels), the input of

@@ -123,8 +123,11 @@ def test_scores_at_intervals_leave_training_unchanged(tmp_path, scoring_root):
     scored = train_script("dcgan", tmp_path / "scored", *TINY, *args)
     plain = train_script("dcgan", tmp_path / "plain", *TINY, "--n_iters", 4)
     rows = read_metrics(scored.dir, "scores.csv")
-    assert [row["step"] for row in rows] == ["2", "4"] and list(rows[0]) == ["step", "fcd", "confident", "classes"]
+    counts = [f"class_{digit}" for digit in range(10)]
+    assert [row["step"] for row in rows] == ["2", "4"]
+    assert list(rows[0]) == ["step", "fcd", "confident", "classes", "balance", *counts]
     assert float(rows[1]["fcd"]) > 0 and 0 <= float(rows[1]["confident"]) <= 1 and 0 <= int(rows[1]["classes"]) <= 10
+    assert sum(int(rows[1][count]) for count in counts) == round(float(rows[1]["confident"]) * 32)
     # Scoring draws its noise from a stream of its own: the training is exactly the same without it.
     assert read_metrics(scored.dir) == read_metrics(plain.dir)
 
@@ -137,6 +140,8 @@ def test_a_finished_run_resumed_as_it_is_reads_its_last_scores_back(tmp_path, sc
     assert read_metrics(run.dir, "scores.csv") == rows and again.scorer.scored_at == 2  # one row, not scored twice
     summary = json.loads((run.dir / "summary.json").read_text())
     assert summary["fcd"] == pytest.approx(float(rows[0]["fcd"]), rel=1e-5)
+    assert summary["balance"] == pytest.approx(float(rows[0]["balance"]), rel=1e-5)
+    assert [summary[f"class_{d}"] for d in range(10)] == [int(rows[0][f"class_{d}"]) for d in range(10)]
     assert summary["classes"] == int(rows[0]["classes"])
 
 
@@ -155,6 +160,37 @@ def test_classifier_measure_tells_digits_from_noise(scoring_root):
     )
     assert from_real["fcd"] < sink.scores["fcd"] / 10
     assert from_real["confident"] > 0.8 and from_real["classes"] == 10
+
+
+def test_balance_is_k_times_the_rarest_classs_share_of_the_confident_fakes(scoring_root):
+    """Real digits as fakes, 20 of each class; then the 7s at a third of their share (6, the 8s over-drawn); then only
+    3s. balance = K x (the rarest class's count) / (the confident fakes), and the counts per class are written too."""
+    data = common.load_images("digits", "unused", 16, 1)
+    images = data.images.float().div(127.5).sub(1)
+    by_class = [images[data.labels == digit] for digit in range(10)]
+    measure, sink = scorer("--fcd", "--fid_samples", 200, root=scoring_root), Sink()
+
+    def scored(fakes):
+        batches = iter(fakes.split(16))  # Scorer.fakes asks for --batch_size fakes at a time, in order
+        measure.score(sink, 1, torch.nn.Identity(), lambda net, n, rng: (next(batches), None))
+        return sink.scores, [sink.scores[f"class_{digit}"] for digit in range(10)]
+
+    even, counts = scored(torch.cat([digits[:20] for digits in by_class]))
+    assert sum(counts) == round(even["confident"] * 200) and min(counts) >= 15
+    assert even["balance"] == pytest.approx(10 * min(counts) / sum(counts)) and even["balance"] > 0.75
+    shares = dict.fromkeys(range(10), 20) | {7: 6, 8: 34}
+    fewer_sevens, counts = scored(torch.cat([by_class[digit][: shares[digit]] for digit in range(10)]))
+    assert counts[7] <= 7 and counts[8] >= 30 and fewer_sevens["balance"] < 0.4
+    threes, counts = scored(by_class[3].repeat(2, 1, 1, 1)[:200])
+    assert threes["balance"] == 0 and counts[3] >= 0.9 * sum(counts)
+
+
+def test_class_columns_are_named_by_the_classes_where_they_make_plain_names():
+    measure = scoring.Scorer.__new__(scoring.Scorer)
+    measure.data = common.ImageData("folder", 16, 1, classes=["red", "dark-blue", "x.y"])
+    assert measure.class_columns() == ["class_red", "class_dark-blue", "class_x.y"]
+    measure.data = common.ImageData("mnist", 16, 1, classes=["0 - zero", "1 - one"])  # torchvision's MNIST names
+    assert measure.class_columns() == ["class_0", "class_1"]
 
 
 def test_save_fakes_per_class_and_generate_from_a_checkpoint(tmp_path, monkeypatch, scoring_root):
@@ -284,4 +320,5 @@ def test_a_finished_run_draws_its_plots(tmp_path, monkeypatch, scoring_root):
     with Image.open(run.dir / "losses.png") as png:
         assert png.size[0] > 300
     titles = [title for title, _, _ in plots.loss_panels(plots.metrics_series(run.dir))]
-    assert titles == ["losses", "mean discriminator output", "FCD (classifier features; lower is better)"]
+    balance = "class balance: K x the rarest class's share of the fakes (1: even; 0: one missing)"
+    assert titles == ["losses", "mean discriminator output", "FCD (classifier features; lower is better)", balance]
