@@ -123,6 +123,21 @@ def test_nets_fit_accepted_sizes(size):
         assert all(discriminator(fake).shape == fake.shape for discriminator in discriminators)
 
 
+def test_the_papers_nets_follow_its_architecture():
+    """Berthelot et al.'s nets: 3x3 convolutions and ELUs, no normalisation; D's encoder goes down by stride-2
+    convolutions widening by n to an h-dim code, G and D's decoder (G's architecture) go up from a linear layer by
+    nearest-neighbour upsampling."""
+    generator, discriminator = began.Generator(8, 1, 32, 4), began.Discriminator(1, 32, 8, 4)
+    layers = {torch.nn.Linear, torch.nn.Conv2d, torch.nn.ELU, torch.nn.Upsample}
+    for net, kinds in (generator, layers), (discriminator, layers | {torch.nn.Flatten}):
+        assert {type(m) for m in net.modules() if not list(m.children())} == kinds
+        assert {m.kernel_size for m in net.modules() if isinstance(m, torch.nn.Conv2d)} == {(3, 3)}
+        assert {m.mode for m in net.modules() if isinstance(m, torch.nn.Upsample)} == {"nearest"}
+    widths = [m.out_channels for m in discriminator.encoder if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert widths == [8, 12] and discriminator.encoder[-1].out_features == 8  # 32 -> 16 -> 8: n, 2n, 3n wide
+    assert [p.shape for p in discriminator.decoder.parameters()] == [p.shape for p in generator.parameters()]
+
+
 def test_the_digits_dcgan_generator_is_dcgans():
     """--generator dcgan builds dcgan.py's G layer for layer (2n wide at the last hidden layer), initialised as
     DCGAN is: conv weights N(0, 0.02), BatchNorm scales N(1, 0.02), biases 0."""
