@@ -1,91 +1,91 @@
-"""bench.py runs on tiny sizes and writes its tables and JSON. Timings are never asserted: only that
-every number is there and positive."""
+"""tools/bench.py runs on tiny sizes and writes its tables and JSON. Timings are never asserted: only that every
+number is there and positive, and which steps it times and counts."""
 
 import json
+import sys
 
 import pytest
+import torch._dynamo
 
-import bench
 import common
-from conftest import write_images
+import wgan
+from conftest import ROOT, write_images
 
-# Tiny nets, two measured steps: a run of bench.py that takes seconds.
+sys.path.insert(0, str(ROOT / "tools"))
+import bench
+
+# Tiny nets, two timed steps and a tiny matmul: a run of bench.py that takes seconds.
 TINY = [
-    "--img_size", "16", "--batch_size", "8", "--steps", "2", "--warmup", "1", "--data_seconds", "0.1",
+    "--img_size", "16", "--batch_size", "8", "--steps", "2", "--warmup", "1", "--matmul_size", "64",
     "--script_args", "--latent_dim 8", "--script_args", "dcgan: --ngf 8 --ndf 8",
     "--script_args", "cgan: --ngf 8 --ndf 8", "--script_args", "wgan_gp: --ngf 8 --ndf 8",
     "--script_args", "began: --n_filters 4 --h_dim 8",
 ]  # fmt: skip
-TIMES = (
-    "loop_s_per_step", "loop_mean_s_per_step", "floor_s_per_step", "overhead", "overhead_mean", "images_per_s",
-    "peak_memory_mb", "g_step_s", "g_step_frozen_s", "g_step_ratio",
-)  # fmt: skip
+NUMBERS = ("ms_per_step", "images_per_s", "peak_memory_mb", "gflop_per_step", "gflop_per_s", "of_peak")
 
 
-def test_bench_times_scripts_reference_and_data_path(tmp_path):
-    stream = write_images(tmp_path / "stream", 20, size=(20, 20))
+def test_bench_times_each_script_in_each_precision(tmp_path):
     out = tmp_path / "results" / "bench.json"
-    scripts = ["--scripts", "dcgan", "cgan", "wgan_gp"]
-    bench.main([*scripts, *TINY, "--stream_root", str(stream), "--json", str(out), "--in_process"])
+    with torch._dynamo.config.patch(disable=True):  # --compile's path runs, without minutes of compiling
+        bench.main(["--scripts", "dcgan", "wgan_gp", *TINY, "--json", str(out), "--in_process"])
 
     results = json.loads(out.read_text())
     assert {"cpu", "cores", "threads", "torch"} <= set(results["machine"])
     assert results["settings"]["img_size"] == 16 and results["settings"]["device"] == "cpu"
-    rows = {row["script"]: row for row in results["scripts"]}
-    assert list(rows) == ["dcgan", "cgan", "wgan_gp"]
-    for row in rows.values():
-        assert all(row[key] > 0 for key in TIMES), row
-        assert row["measured_steps"] == 2
-    assert rows["dcgan"]["real_images_per_step"] == 8
-    assert rows["wgan_gp"]["real_images_per_step"] == 5 * 8  # n_critic batches per step
-    naive = results["naive"]
-    assert all(naive[key] > 0 for key in ("loop_s_per_step", "images_per_s", "peak_memory_mb")), naive
-    assert [row["path"].split(",")[0] for row in results["data_path"]] == ["in memory", "streamed"]
-    assert all(row["images_per_s"] > 0 for row in results["data_path"])
+    assert results["dtypes"] == dict(float32="float32", amp="bfloat16", amp_compile="bfloat16")
+    assert set(results["peak_gflop_per_s"]) == {"float32", "bfloat16"} and min(results["peak_gflop_per_s"].values()) > 0
+    rows = results["rows"]
+    assert [(row["script"], row["precision"]) for row in rows] == [
+        (script, precision) for precision in ("float32", "amp", "amp_compile") for script in ("dcgan", "wgan_gp")
+    ]
+    for row in rows:
+        assert all(row[key] > 0 for key in NUMBERS) and row["timed_steps"] == 2, row
+        assert row["real_images_per_step"] == {"dcgan": 8, "wgan_gp": 5 * 8}[row["script"]]  # n_critic batches
 
     table = out.with_suffix(".md").read_text()
-    for name in ("| dcgan |", "| wgan_gp |", "| reference DCGAN loop |", "| in memory |", "Machine: "):
-        assert name in table
-    g_steps = table.split("| G step, D frozen ms |")[1].split("\n\n")[0]  # both ways and the ratio, per script
-    assert all(f"| {script} |" in g_steps for script in rows)
+    for line in (
+        "Machine: ",
+        "amp_compile (--amp --compile): the peak of a bfloat16 matmul, ",
+        "| wgan_gp | ",
+        "| GFLOP/s | of peak |",
+    ):
+        assert line in table
+    assert table.count("| dcgan | ") == 3
 
 
-def floor_of(name, argv):
-    """bench.py's floor for script `name` under bench's command line `argv`, on the CPU."""
-    module, script = bench.script_opt(name, bench.parse_args(["--scripts", name, *argv]))
-    device = common.get_device("cpu")
-    data = common.load_images(script.dataset, script.data_root, script.img_size, script.channels)
-    real, labels = bench.first_batch(data, script.batch_size, device)
-    return getattr(bench, f"floor_{name}")(module, script, device, data, real, labels, None)
+def test_the_flops_are_one_steps_updates():
+    """The counted step's sample grid (every step here) is no part of its FLOPs; a D step more is."""
+    opt = bench.parse_args(["--scripts", "dcgan", *TINY, "--precisions", "float32"])
+    flops = bench.measure("dcgan", "float32", opt, count=True)["flops"]
+    opt.extra["dcgan"] += ["--sample_interval", "1"]
+    assert bench.measure("dcgan", "float32", opt, count=True)["flops"] == flops > 0
+    opt.extra["dcgan"] += ["--n_critic", "2"]
+    assert bench.measure("dcgan", "float32", opt, count=True)["flops"] > flops
 
 
-def test_the_g_step_both_ways():
-    """The old G step computes D's weight gradients too; through common.frozen it leaves them, and D, alone."""
-    floor = floor_of("dcgan", TINY)
-    D, inputs = floor.discriminator, floor.noise()
-
-    floor.g_step(inputs, frozen=True)
-    assert all(p.grad is None and p.requires_grad for p in D.parameters())
-    assert all(p.grad is not None for p in floor.generator.parameters())
-    floor.g_step(inputs, frozen=False)
-    assert all(p.grad is not None for p in D.parameters())
-    floor.step()  # the floor: D's update, then the frozen G step
+def test_wgans_boosted_steps_are_neither_counted_nor_timed():
+    opt = bench.parse_args(["--scripts", "wgan", "--warmup", "3", "--steps", "480"])
+    _, script = bench.script_opt("wgan", opt)
+    count, timed = bench.plan(wgan, script, opt)
+    assert count == 26 and timed[0] == 30 and 501 not in timed and len(timed) == 480 and timed[-1] == 510
+    script.n_critic_boost = 0
+    assert bench.plan(wgan, script, opt)[0] == 2
 
 
-def test_bench_measures_a_script_in_its_own_process(tmp_path):
-    opt = bench.parse_args(["--scripts", "began", *TINY])
-    row = bench.run_child("began", opt)
-    assert all(row[key] > 0 for key in TIMES), row
+def test_bench_measures_a_script_in_its_own_process():
+    opt = bench.parse_args(["--scripts", "began", *TINY, "--precisions", "float32"])
+    row = bench.run_child("began", "float32", opt, count=True)
+    assert row["ms_per_step"] > 0 and row["peak_memory_mb"] > 0 and row["flops"] > 0, row
 
 
 def test_bench_reports_a_script_that_cannot_run_and_goes_on(tmp_path):
     folder = write_images(tmp_path / "faces", 16, size=(16, 16))  # no class sub-folders: cgan refuses it
     out = tmp_path / "bench.json"
-    data = ["--dataset", "folder", "--data_root", str(folder), "--stream_root", ""]
+    data = ["--dataset", "folder", "--data_root", str(folder), "--precisions", "float32"]
     bench.main(["--scripts", "cgan", "began", *TINY, *data, "--json", str(out), "--in_process"])
 
-    rows = {row["script"]: row for row in json.loads(out.read_text())["scripts"]}
-    assert "labelled data" in rows["cgan"]["error"] and rows["began"]["overhead"] > 0
+    rows = {row["script"]: row for row in json.loads(out.read_text())["rows"]}
+    assert "labelled data" in rows["cgan"]["error"] and rows["began"]["of_peak"] > 0
     assert "| cgan | not measured: " in out.with_suffix(".md").read_text()
 
 
@@ -93,12 +93,15 @@ def test_bench_reports_a_script_that_cannot_run_and_goes_on(tmp_path):
     "args, message",
     [
         (["--scripts", "vae"], "invalid choice"),
+        (["--precisions", "float8"], "invalid choice"),
         (["--script_args", "vae: --h_dim 8"], "not a script"),
         (["--script_args", "--out elsewhere"], "sets --out itself"),
         (["--script_args", "--n_epochs 3"], "sets --n_epochs itself"),  # --n_iters would win over it
         (["--script_args", "dcgan: --n_it 5"], "sets --n_iters itself"),  # an abbreviation of a flag it sets
+        (["--script_args=--amp"], "bench.py sets --amp itself (use --precisions)"),
         (["--step", "5"], "unrecognized arguments: --step"),  # no abbreviations of its own flags either
         (["--steps", "0"], "--steps"),
+        (["--matmul_size", "0"], "--matmul_size"),
     ],
 )
 def test_bench_bad_input_is_one_line(args, message, capsys):
@@ -116,9 +119,3 @@ def test_bench_defaults_to_the_data_sets_size():
 def test_bench_names_the_script_that_refuses_a_flag():
     with pytest.raises(common.UsageError, match="began.py refuses .*--ngf"):
         bench.main(["--scripts", "dcgan", "began", "--script_args", "--ngf 8"])
-
-
-@pytest.mark.parametrize("flags, expected", [("", "DCGANDiscriminator"), ("--discriminator paper", "Discriminator")])
-def test_began_floor_times_the_discriminator_the_script_trains(flags, expected):
-    floor = floor_of("began", [*TINY[:-1], f"began: --n_filters 4 --h_dim 8 {flags}"])
-    assert type(floor.discriminator).__name__ == expected

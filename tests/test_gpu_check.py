@@ -1,5 +1,5 @@
-"""tools/gpu_check.py --smoke: the GPU check's every part (bench in three precisions, three anime trainings with
---swd and --save_fakes, the archive of figures) for a few steps on the CPU."""
+"""tools/gpu_check.py --smoke: the GPU check's every part (bench in three precisions in one run, three anime
+trainings with --swd and --save_fakes, the archive of figures) for a few steps on the CPU."""
 
 import json
 import runpy
@@ -13,13 +13,14 @@ def test_the_gpu_check_runs_every_part_and_packs_its_figures(tmp_path):
     failed = check["main"](["--smoke", str(tmp_path)])
     parts = (tmp_path / "parts.txt").read_text().splitlines()
     assert failed == 0, "\n".join(parts + [log.read_text()[-2000:] for log in tmp_path.glob("*.log")])
-    names = ["bench_float32", "bench_amp", "bench_amp_compile", "train_dcgan", "train_wgan", "train_wgan_gp"]
+    names = ["bench", "train_dcgan", "train_wgan", "train_wgan_gp"]
     assert [line.split(":")[0] for line in parts] == names and all(": exit 0 in" in line for line in parts)
-    for precision, flags in (("float32", []), ("amp", ["--amp"]), ("amp_compile", ["--amp", "--compile"])):
-        bench = json.loads((tmp_path / f"bench_{precision}.json").read_text())
-        assert [row["script"] for row in bench["scripts"]] == ["dcgan", "wgan_gp"]
-        given = " ".join(bench["settings"]["script_args"]).split()
-        assert [flag for flag in given if flag in ("--amp", "--compile")] == flags
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    precisions = ("float32", "amp", "amp_compile")
+    assert [(row["script"], row["precision"]) for row in rows] == [
+        (s, p) for p in precisions for s in ("dcgan", "wgan_gp")
+    ]
+    assert all(row["of_peak"] > 0 for row in rows)
     runs = sorted((tmp_path / "runs").iterdir())
     assert [run.name.split("_digits")[0] for run in runs] == ["dcgan", "wgan", "wgan_gp"]
     for run in runs:
@@ -27,6 +28,6 @@ def test_the_gpu_check_runs_every_part_and_packs_its_figures(tmp_path):
         assert row["step"] == "2" and float(row["swd"]) > 0 and len(list((run / "fakes").iterdir())) == 8
     with tarfile.open(tmp_path / "gpu_check.tar.gz") as archive:
         packed = {name.removeprefix("./") for name in archive.getnames()}
-    assert {"parts.txt", "bench_amp.json", "train_wgan_gp.log"} <= packed
+    assert {"parts.txt", "bench.json", "bench.md", "train_wgan_gp.log"} <= packed
     assert {f"{run.relative_to(tmp_path)}/{name}" for run in runs for name in ("scores.csv", "metrics.csv")} <= packed
     assert {f"{run.relative_to(tmp_path)}/samples/0000002.png" for run in runs} <= packed

@@ -1,6 +1,6 @@
 """The GPU check: on one CUDA GPU, within 9 minutes,
-  (a) bench.py for all seven scripts at 64x64x3 (the digits, upscaled: cgan needs labels) in float32, with --amp and
-      with --amp --compile;
+  (a) tools/bench.py for all seven scripts at 64x64x3 (the digits, upscaled: cgan needs labels) in float32, with
+      --amp and with --amp --compile, in one run;
   (b) dcgan, wgan and wgan_gp trained on the anime faces at their defaults with --swd --save_fakes 1000;
   (c) everything under OUT_DIR, and what the docs need (bench tables, logs, scores, metrics, the last grids) in
       OUT_DIR/gpu_check.tar.gz, one file of a few MB.
@@ -23,45 +23,37 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-PRECISIONS = {"float32": "", "amp": "--amp", "amp_compile": "--amp --compile"}
+sys.path.insert(0, str(ROOT))  # the scripts
+sys.path.insert(0, str(ROOT / "tools"))  # bench.py, also when this file is not run as a program
 
 
 def parts(opt):
-    """(name, seconds allowed, module, arguments) of each part."""
+    """(name, seconds allowed, program, arguments) of each part."""
     bench = ["--device", "cuda", "--dataset", "digits", "--img_size", "64", "--script_args=--channels 3"]
     train = ["--device", "cuda", "--dataset", "folder", "--data_root", str(opt.faces), "--swd", "--save_fakes", "1000"]
-    limits = dict(bench_float32=100, bench_amp=100, bench_amp_compile=150, dcgan=100, wgan=100, wgan_gp=120)
+    limits = dict(bench=350, dcgan=100, wgan=100, wgan_gp=120)
     if opt.smoke:
         tiny = "--channels 3 --latent_dim 8 --ngf 8 --ndf 8"
-        bench = ["--device", "cpu", "--dataset", "digits", "--img_size", "16", "--steps", "2", "--warmup", "1"]
-        bench += ["--data_seconds", "0.1", "--stream_root", "", "--in_process", "--scripts", "dcgan", "wgan_gp"]
+        bench = ["--device", "cpu", "--dataset", "digits", "--img_size", "16", "--batch_size", "16", "--steps", "2"]
+        bench += ["--warmup", "1", "--matmul_size", "64", "--in_process", "--scripts", "dcgan", "wgan_gp"]
         bench += [f"--script_args={tiny}"]
         train = ["--device", "cpu", "--dataset", "digits", "--img_size", "16", *tiny.split(), "--n_iters", "2"]
         train += ["--swd", "--fid_samples", "1024", "--save_fakes", "8"]
     out = opt.out_dir
-    for name, flags in PRECISIONS.items():
-        precision = [f"--script_args={flags}"] if flags else []
-        yield (
-            f"bench_{name}",
-            limits[f"bench_{name}"],
-            "bench",
-            [*bench, *precision, "--json", str(out / f"bench_{name}.json")],
-        )
+    yield "bench", limits["bench"], ROOT / "tools" / "bench.py", [*bench, "--json", str(out / "bench.json")]
     for script in ("dcgan", "wgan", "wgan_gp"):
-        yield f"train_{script}", limits[script], script, [*train, "--out", str(out / "runs")]
+        yield f"train_{script}", limits[script], ROOT / f"{script}.py", [*train, "--out", str(out / "runs")]
 
 
-def in_process(module, argv, log):
+def in_process(program, argv, log):
     """The part in this process (--smoke): its exit code, its output in `log`."""
     import torch._dynamo
 
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         with torch._dynamo.config.patch(disable=True):  # --compile's path runs, without minutes of compiling
             try:
-                imported = importlib.import_module(module)
-                imported.main(argv) if module == "bench" else imported.train(imported.parse_args(argv))
+                imported = importlib.import_module(program.stem)
+                imported.main(argv) if program.stem == "bench" else imported.train(imported.parse_args(argv))
             except SystemExit as exit:
                 return exit.code or 0
             except Exception as error:  # noqa: BLE001 - a part that fails is reported, and the check goes on
@@ -70,10 +62,11 @@ def in_process(module, argv, log):
     return 0
 
 
-def in_a_process(module, argv, log, limit):
-    """The part as a program under `limit` seconds (then SIGINT, as Ctrl-C: a checkpoint, then the end)."""
+def in_a_process(program, argv, log, limit):
+    """The part as a program under `limit` seconds (then SIGINT, as Ctrl-C: a checkpoint, then the end; bench.py
+    keeps the rows it measured)."""
     with open(log, "w") as f:
-        process = subprocess.Popen([sys.executable, str(ROOT / f"{module}.py"), *argv], stdout=f, stderr=f, cwd=ROOT)
+        process = subprocess.Popen([sys.executable, str(program), *argv], stdout=f, stderr=f, cwd=ROOT)
         try:
             return process.wait(limit)
         except subprocess.TimeoutExpired:
@@ -98,9 +91,9 @@ def main(argv=None):
         query = ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"]
         (opt.out_dir / "gpu.csv").write_text(subprocess.run(query, capture_output=True, text=True).stdout)
     report = []
-    for name, limit, module, args in parts(opt):
+    for name, limit, program, args in parts(opt):
         start, log = time.perf_counter(), opt.out_dir / f"{name}.log"
-        ended = in_process(module, args, log) if opt.smoke else in_a_process(module, args, log, limit)
+        ended = in_process(program, args, log) if opt.smoke else in_a_process(program, args, log, limit)
         report.append(f"{name}: exit {ended} in {time.perf_counter() - start:.0f} s")
         print(report[-1], flush=True)
     (opt.out_dir / "parts.txt").write_text("\n".join(report) + "\n")
