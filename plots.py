@@ -1,5 +1,5 @@
 """Pictures of a run, imported only where they are drawn: losses.png (the metrics over the steps) and
-progress.gif (the sample grids as an animation) at the end of a run and by `python compare.py --plot
+progress.gif (the sample grids as an animation) at the end of a run and by `python tools/compare.py --plot
 RUN`, the latent walks of --interpolate, and the TensorBoard log of --tensorboard. A run copied without
 this file trains all the same.
 """
@@ -87,7 +87,7 @@ def loss_panels(columns):
 def save_plots(run_dir):
     """Draw a run's losses.png (its metrics over the steps) and progress.gif (its sample grids as an
     animation) into `run_dir`; returns the paths written. Called at the end of every run, and by
-    `python compare.py --plot RUN_DIR` at any time. A problem costs one warning line, never the run."""
+    `python tools/compare.py --plot RUN_DIR` at any time. A problem costs one warning line, never the run."""
     run_dir, written, problems = Path(run_dir), [], []
     for name, draw in (("progress.gif", _draw_progress), ("losses.png", _draw_losses)):
         try:

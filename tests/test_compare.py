@@ -1,18 +1,21 @@
-"""The run plots (losses.png, progress.gif) and compare.py: two tiny scripts compared end to end, with
+"""The run plots (losses.png, progress.gif) and tools/compare.py: two tiny scripts compared end to end, with
 a third that fails; reuse of finished runs; --plot; the critic pictures; bad input."""
 
 import json
 import shutil
+import sys
 
 import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
 import common
-import compare
 import plots
 from conftest import ROOT, train_script
 from test_scripts import SCRIPTS, TINY
+
+sys.path.insert(0, str(ROOT / "tools"))
+import compare
 
 # Flags for every compared script: tiny nets, and few fakes per score.
 TINY_FLAGS = "--batch_size 8 --latent_dim 8 --ngf 8 --ndf 8 --sample_interval 2 --fid_samples 64"
@@ -139,9 +142,9 @@ def test_critic_pictures(tmp_path):
         for script in ("wgan", "wgan_gp")
     }
     written = compare.plot_critics(runs, tmp_path, Figure)
-    assert [path.name for path in written] == ["critic_weights.png", "critic_grad_norms.png"]
-    for path in written:
-        with Image.open(path) as image:
+    assert list(written) == ["critic_weights.png", "critic_grad_norms.png"]
+    for name in written:
+        with Image.open(tmp_path / name) as image:
             assert image.format == "PNG"
 
 

@@ -71,7 +71,7 @@ class Exploit:
 
 
 class Sink:
-    """What Scorer.score writes into, standing in for a run (as compare.py's does)."""
+    """What Scorer.score writes into, standing in for a run (as tools/compare.py's does)."""
 
     tensorboard, seconds, scores = None, 0.0, {}
 
@@ -136,7 +136,7 @@ def test_a_finished_run_resumed_as_it_is_reads_its_last_scores_back(tmp_path, sc
     args = ["--n_iters", 2, "--fcd", "--fid_samples", 32, "--data_root", scoring_root]
     run = train_script("dcgan", tmp_path / "run", *TINY, *args)
     rows = read_metrics(run.dir, "scores.csv")
-    again = train_script("dcgan", tmp_path / "unused", "--resume", run.dir, *args)  # compare.py's reuse
+    again = train_script("dcgan", tmp_path / "unused", "--resume", run.dir, *args)  # tools/compare.py's reuse
     assert read_metrics(run.dir, "scores.csv") == rows and again.scorer.scored_at == 2  # one row, not scored twice
     summary = json.loads((run.dir / "summary.json").read_text())
     assert summary["fcd"] == pytest.approx(float(rows[0]["fcd"]), rel=1e-5)
