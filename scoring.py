@@ -316,7 +316,7 @@ class Scorer:
 
     def _scored_before(self, run):
         """Whether scores.csv ends at run.step with every score asked for (a finished run resumed as it is,
-        as compare.py does): then run.scores are read back from it, not scored and written a second time."""
+        as tools/compare.py does): then run.scores are read back from it, not scored and written a second time."""
         path = run.dir / "scores.csv"
         rows = list(csv.DictReader(path.read_text().splitlines())) if common.is_main() and path.exists() else []
         fcd = ["fcd", "confident", "classes", "balance", *self.class_columns()] if self.opt.fcd else []

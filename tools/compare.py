@@ -51,7 +51,7 @@ TIME_BUDGET_STEPS = 10**9  # --n_iters under --minutes: more steps than any time
 EXPLAIN = dict(  # results.md's words on each score
     fcd="FCD: the Fréchet distance of real and generated images in the features of a classifier of the labelled "
     "images (lower is better); confident: the share of fakes it classes with p >= 0.9; classes: how many they cover.",
-    fid="FID: the Fréchet distance of real and generated images in pytorch-fid's Inception features (lower is better).",
+    fid="FID: the Fréchet distance of real and generated images in pytorch-fid's Inception features, lower is better.",
 )
 
 
