@@ -26,10 +26,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import common
 
-# Generator steps per data set (--n_iters); a pass is 28 steps over the digits, 937 over MNIST (batch 64).
+# --n_iters per data set: a pass is 28 steps over the digits, 937 over MNIST (batch 64); the faces': docs/results.md
 DATASET_DEFAULTS = dict(
     digits=dict(n_iters=2240), mnist=dict(n_iters=18750), fashion=dict(n_iters=18750), cifar10=dict(n_iters=23400),
-    anime=dict(n_iters=8000), folder=dict(n_iters=8000),
+    anime=dict(n_iters=5000), folder=dict(n_iters=5000),
 )  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 import ast
 import importlib
 import math
+import re
 import runpy
 import shutil
 import subprocess
@@ -183,3 +184,13 @@ def test_a_script_without_an_optional_module_names_the_file_to_copy(
         common.main(dcgan.train, dcgan.parse_args)
     assert stopped.value.code == 2
     assert capsys.readouterr().err == f"dcgan.py: error: {message}: copy it from the repository beside this script\n"
+
+
+def test_the_faces_defaults_are_the_steps_their_measured_curves_give():
+    """docs/results.md names, for each script whose curve on the anime faces was measured, the steps its default
+    trains ("### dcgan: 5,000 steps"); the scripts' defaults for anime and folders must be those."""
+    measured = re.findall(r"^### (\w+): ([\d,]+) steps", (ROOT / "docs" / "results.md").read_text(), re.MULTILINE)
+    assert measured, "docs/results.md names no measured anime default"
+    for script, steps in measured:
+        defaults = importlib.import_module(script).DATASET_DEFAULTS
+        assert defaults["anime"]["n_iters"] == defaults["folder"]["n_iters"] == int(steps.replace(",", "")), script
