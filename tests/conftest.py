@@ -117,6 +117,15 @@ def assert_dcgan_guidelines(generator_layers, discriminator_layers, norm=nn.Batc
     assert {conv.stride for conv in g_convs[1:] + d_convs[:-1]} == {(2, 2)}  # but G's lift of z and D's last
 
 
+def assert_dcgan_nets(spied):
+    """The spied run's G and D follow DCGAN's guidelines and initialisation, and D outputs logits."""
+    generator, discriminator = spied.first["generator"], spied.first["discriminator"]
+    assert_dcgan_guidelines(list(generator.net), list(discriminator.net))
+    assert_dcgan_init(generator)
+    assert_dcgan_init(discriminator)
+    assert any((call.outputs[0] < 0).any() for call in spied.calls)  # logits, not probabilities
+
+
 def assert_dcgan_init(net):
     """DCGAN's initialisation: (transposed) convolution weights from N(0, 0.02) and biases 0, BatchNorm scales from
     N(1, 0.02) and shifts 0, where PyTorch's own draws weights and biases uniformly and sets scales to 1."""

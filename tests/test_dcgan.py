@@ -11,8 +11,7 @@ import cgan
 import dcgan
 from conftest import (
     assert_cross_entropy_pulls,
-    assert_dcgan_guidelines,
-    assert_dcgan_init,
+    assert_dcgan_nets,
     log_sigmoid,
     read_metrics,
     spy_training,
@@ -48,11 +47,7 @@ def test_each_loss_pulls_the_logits_its_way_in_the_loop(spied):
 
 
 def test_nets_follow_the_dcgan_guidelines_and_initialisation(spied):
-    generator, discriminator = spied.first["generator"], spied.first["discriminator"]
-    assert_dcgan_guidelines(list(generator.net), list(discriminator.net))
-    assert_dcgan_init(generator)
-    assert_dcgan_init(discriminator)
-    assert any((call.outputs[0] < 0).any() for call in spied.calls)  # logits, not probabilities
+    assert_dcgan_nets(spied)
 
 
 def test_discriminator_learns_real_from_fake(tmp_path):
