@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import common
 import folders
+from folders import UsageError, first_line  # common imports this module, never the reverse
 
 # A CC0 copy of the Kaggle "Anime Face Dataset" on the Hugging Face hub, pinned to one commit so that the
 # checksum holds. A plain zip: Python unpacks it with no extra package.
@@ -49,25 +49,25 @@ def fetch(folder):
             if folder.is_dir() and any(folder.iterdir()):  # never unpack over (or delete) the user's own files
                 if folders.image_files(folder):
                     return  # another run unpacked them while this one waited
-                raise common.UsageError(f"{folder} holds no images but is not empty: {manual}")
+                raise UsageError(f"{folder} holds no images but is not empty: {manual}")
             if not archive.exists():
                 print(
                     f"{folder} holds no images: downloading the anime faces (462 MB) from {ANIME_URL}", file=sys.stderr
                 )
                 download(ANIME_URL, ANIME_SHA256, archive)
             elif (digest := sha256(archive)) != ANIME_SHA256:  # left by a run cut short, or someone else's
-                raise common.UsageError(
+                raise UsageError(
                     f"{archive} is not the anime faces (SHA-256 {digest[:16]}..., expected {ANIME_SHA256[:16]}...): "
                     "delete it to download them again"
                 )
             unpack_zip(archive, folder)
             archive.unlink()
     except zipfile.BadZipFile as error:
-        raise common.UsageError(f"{archive} was not unpacked ({common.first_line(error)}): delete it; {manual}")
+        raise UsageError(f"{archive} was not unpacked ({first_line(error)}): delete it; {manual}")
     except OSError as error:  # urllib's errors are OSErrors
         partial = archive.with_name(archive.name + ".part")
         kept = f"; the partial download {partial} resumes on the next try" if partial.exists() else ""
-        raise common.UsageError(f"could not download the anime faces ({common.first_line(error)}){kept}: {manual}")
+        raise UsageError(f"could not download the anime faces ({first_line(error)}){kept}: {manual}")
 
 
 @contextlib.contextmanager

@@ -170,7 +170,7 @@ def train(opt):
         raise common.UsageError(f"--dataset {opt.dataset}: {what}; cgan needs labelled data, a sub-folder per class")
     batches = common.Batches(data, opt.batch_size, device, opt.seed, opt.n_cpu)
     opt.n_iters = opt.n_iters or max(1, opt.n_epochs * len(batches) // opt.n_critic)  # --n_epochs in steps
-    run = common.Run(opt, __file__, data, device)
+    run = common.Run(opt, __file__, data, device, training=opt.label is None)  # --label only draws
 
     generator = (
         Generator(opt.latent_dim, data.n_classes, opt.channels, opt.img_size, opt.ngf).to(device).apply(init_weights)

@@ -1,12 +1,14 @@
 """What every GAN script's run needs and is not a GAN: command line, device and seed, data sets and an
 endless batch stream (images in [-1, 1], N x C x H x W, int64 labels), the run folder (config, metrics,
 grids, checkpoints), torchrun's basics and one-line errors. Folders of images (folders.py), the anime
-download (anime.py), scoring (scoring.py) and plots (plots.py) are imported only when asked for."""
+download (anime.py), scoring (scoring.py) and plots (plots.py) are imported only when a flag asks for them;
+they never import this module."""
 
 import argparse
 import contextlib
 import csv
 import datetime
+import functools
 import importlib.util
 import itertools
 import json
@@ -40,6 +42,9 @@ GROUP = argparse.Namespace(rank=0, local_rank=0, size=1, distributed=False)  # t
 
 class UsageError(Exception):
     """A problem the user can fix (a bad flag, missing data...): one line, exit code 2."""
+
+
+USAGE_ERRORS = {UsageError}  # and the UsageError of each optional module imported
 
 
 class Diverged(Exception):
@@ -230,6 +235,7 @@ def load_images(dataset, data_root, img_size, channels):
     if GROUP.distributed and GROUP.local_rank != 0:
         torch.distributed.barrier()
     root = Path(data_root).expanduser()
+    folder = root / "anime" if dataset == "anime" else root
     if dataset == "digits":  # the 1,797 8x8 digits bundled with scikit-learn: no download
         from sklearn.datasets import load_digits
 
@@ -247,9 +253,11 @@ def load_images(dataset, data_root, img_size, channels):
         raise UsageError(f"--data_root {root} is not a folder: point it at a folder of images")
     if dataset in ("anime", "folder"):
         folders = _optional("folders", "--dataset folder and anime")
-        if dataset == "anime" and not folders.image_files(root / "anime"):
-            _optional("anime", "--dataset anime").fetch(root / "anime")
-        data = folders.load(root / "anime" if dataset == "anime" else root, img_size, channels, dataset == "folder")
+        if dataset == "anime" and not folders.image_files(folder):
+            _optional("anime", "--dataset anime").fetch(folder)
+        data = ImageData(
+            folder.name, img_size, channels, **folders.load(folder, img_size, channels, dataset == "folder")
+        )
     else:  # N x H x W (grey) or N x H x W x C, resized antialiased; grey is ITU-R 601 luma
         pixels = pixels.to(torch.uint8).unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
         pixels = torch.cat([TF.resize(chunk, [img_size, img_size], antialias=True) for chunk in pixels.split(4096)])
@@ -276,9 +284,10 @@ class Batches:
         self.images = data.images.to(device) if data.images is not None else None  # a batch is one index op
         self.order = []  # streaming: the DataLoader's sampler, each epoch's order
         if self.images is None:  # a folder too large for memory, decoded by workers as it streams
+            decoder = _optional("folders", "--dataset folder").Decoder(data.files, data.img_size, data.channels, True)
             self.loader = torch.utils.data.DataLoader(
-                _optional("folders", "--dataset folder").Decoder(data, replace=True), batch_size, sampler=self.order,
-                num_workers=n_workers, pin_memory=device.type == "cuda", persistent_workers=n_workers > 0,
+                decoder, batch_size, sampler=self.order, num_workers=n_workers, pin_memory=device.type == "cuda",
+                persistent_workers=n_workers > 0,
             )  # fmt: skip
 
     def __len__(self):
@@ -306,71 +315,34 @@ class Batches:
 
 
 class Run:
-    """One run's folder, <out>/<script>_<dataset>_<time> or --resume's: config.json, metrics.csv, scores.csv,
-    samples/, checkpoint.pt, summary.json. Training locks it (drawing from it, --generate, --interpolate or
-    --label, does not); under torchrun rank 0 alone writes."""
+    """<out>/<script>_<dataset>_<time> or --resume's folder: config.json, metrics.csv, samples/, checkpoint.pt,
+    summary.json; locked while it trains (not to draw: --generate, --interpolate, training=False); rank 0 writes."""
 
-    plots_at_finish = True  # losses.png and progress.gif at the end: two seconds, which the tests skip
-
-    def __init__(self, opt, script, data, device):
+    def __init__(self, opt, script, data, device, training=True):
         self.opt, self.script, self.device = opt, Path(script).stem, device
         self.about = f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}" if data else ""
-        self.resumed = self._checked(load_checkpoint(opt.resume)) if opt.resume else None
-        self.training = not (opt.generate or opt.interpolate or getattr(opt, "label", None) is not None)
-        self.scorer = self.tensorboard = None
-        scoring = opt.fid or opt.fcd or opt.swd or opt.save_fakes
-        if opt.generate or (self.training and scoring):  # now: fails before training
-            self.scorer = _optional("scoring", "--fid/--fcd/--swd, --save_fakes, --generate").Scorer(opt, data, device)
+        self.resumed = resumable(load_checkpoint(opt.resume), self.script, opt) if opt.resume else None
+        self.training = training and not (opt.generate or opt.interpolate)
+        self.scorer = self.plots = self.tensorboard = self.lock = None
+        if opt.generate or (self.training and (opt.fid or opt.fcd or opt.swd or opt.save_fakes)):  # fails now
+            reals = functools.partial(Batches, data, opt.batch_size, device, 0, opt.n_cpu, shard=False)
+            scoring = _optional("scoring", "--fid/--fcd/--swd, --save_fakes, --generate")
+            self.scorer = scoring.Scorer(opt, data, device, reals)
         if opt.tensorboard and not importlib.util.find_spec("tensorboard"):
             raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
-        self.plots = _optional("plots", "--interpolate and --tensorboard") if opt.interpolate else None  # fails early
+        if opt.interpolate or opt.tensorboard:
+            self.plots = _optional("plots", "--interpolate and --tensorboard")
         self.dir = self.resumed["dir"] if self.resumed else None
         if is_main():
-            self.dir = self.dir or self._new_folder(Path(opt.out), f"{self.script}_{opt.dataset}")
-            self.lock = self._lock() if self.training else None
+            self.dir = self.dir or new_folder(Path(opt.out), f"{self.script}_{opt.dataset}")
+            self.lock = lock(self.dir) if self.training else None
         if GROUP.distributed:
             torch.distributed.broadcast_object_list(shared := [self.dir])
             self.dir = shared[0]
         self.checkpoint_path = self.dir / "checkpoint.pt"
-        self.step, self.seconds, self.signalled, self.stopping, self.scores = 0, 0.0, False, False, {}
+        self.step, self.seconds, self.signalled, self.stopping = 0, 0.0, False, False
         if opt.tensorboard and is_main():
-            self.tensorboard = _optional("plots", "--tensorboard").TensorBoard(self.dir / "tensorboard")
-
-    @staticmethod
-    def _new_folder(out, name):
-        """<out>/<name>_<time> (-2, -3... when taken), created by this process alone."""
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            for path in (out / f"{name}_{stamp}{f'-{n}' * (n > 1)}" for n in itertools.count(1)):
-                with contextlib.suppress(FileExistsError):
-                    path.mkdir()
-                    return path
-        except OSError as error:
-            raise UsageError(f"cannot write the run folder in {out} ({error.strerror}): pass --out a writable folder")
-
-    def _lock(self):
-        """An OS lock on the folder while the run trains; the kernel drops it when the process dies."""
-        try:
-            import fcntl
-        except ImportError:  # no such lock here (Windows): never block
-            return None
-        try:
-            fcntl.flock(handle := open(self.dir / ".lock", "w"), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UsageError(f"{self.dir} is being trained by another process: wait for it to finish, or stop it")
-        return handle
-
-    def _checked(self, checkpoint):
-        """--resume's checkpoint, if this script wrote it for the same data, shapes and number of processes."""
-        if checkpoint["script"] != self.script:
-            raise UsageError(f"--resume: the run was written by {checkpoint['script']}.py, not {self.script}.py")
-        for key in ("dataset", "img_size", "channels", "latent_dim"):
-            if checkpoint["args"].get(key) != getattr(self.opt, key, checkpoint["args"].get(key)):
-                raise UsageError(f"--resume: the checkpoint has {key}={checkpoint['args'][key]}: drop --{key}")
-        if (trained := checkpoint["world_size"]) != GROUP.size:  # each process resumes its own random state
-            raise UsageError(f"--resume: the run was trained by {trained} process(es), not {GROUP.size}")
-        return checkpoint
+            self.tensorboard = self.plots.TensorBoard(self.dir / "tensorboard")
 
     @contextlib.contextmanager
     def writing(self, name):
@@ -403,12 +375,10 @@ class Run:
         self.bar = tqdm(steps, initial=start, total=self.opt.n_iters, disable=not is_main())
         try:
             yield from self.bar
-        except BaseException:
-            self.unlock()  # the run stops here: another process may resume it
-            raise
-        finally:
+        finally:  # stopped or done: another process may resume the run
             self.bar.close()
             [signal.signal(sig, handler) for sig, handler in previous.items()]
+            self.lock and self.lock.close()
 
     def _signal(self, signum, frame):
         if self.signalled:
@@ -433,13 +403,12 @@ class Run:
             self.tensorboard.scalars("train", step, values)
 
     def sample(self, step, generator, *inputs):
-        """samples/<step>.png of generator(*inputs) in eval mode every --sample_interval steps, at the end;
-        a pair of outputs (CoGAN's domains) side by side."""
+        """samples/<step>.png of generator(*inputs) in eval mode every --sample_interval steps and at the end."""
         if (step % self.opt.sample_interval and step != self.opt.n_iters and not self.stopping) or not is_main():
             return
         with evaluating(generator) as net:
             images = net(*inputs)
-        images = torch.stack(images, 1).flatten(0, 1) if isinstance(images, tuple) else images
+        images = torch.stack(images, 1).flatten(0, 1) if isinstance(images, tuple) else images  # pairs side by side
         self.save_grid(images, f"{step:07d}.png")
         if self.tensorboard:
             self.tensorboard.grid(step, images)
@@ -460,7 +429,7 @@ class Run:
     def checkpoint(self, step, state):
         """checkpoint.pt every --checkpoint_interval steps, at the end, and before stopping on a signal."""
         if step % self.opt.checkpoint_interval == 0 or step == self.opt.n_iters or self.stopping:
-            self.save_checkpoint(step, state)
+            save_checkpoint(self, step, state)
         if self.stopping:
             launch = f"torchrun --nproc_per_node={GROUP.size}" if GROUP.distributed else "python"
             print(f"stopped at step {step}; continue with: {launch} {self.script}.py --resume {self.dir}")
@@ -468,88 +437,97 @@ class Run:
 
     def finish(self, generator, fakes):
         """The last scores and --save_fakes (scoring.py), summary.json, the plots (plots.py); returns the Run."""
-        if self.scorer:
-            self.scorer.finish(self, generator, fakes)
+        scores = self.scorer.finish(self, generator, fakes) if self.scorer else {}
         grid = max((self.dir / "samples").glob("[0-9]*.png"), default=None)  # the last grid: names are zero-padded
         summary = dict(script=self.script, dataset=self.opt.dataset, img_size=self.opt.img_size, step=self.step)
-        summary.update(channels=self.opt.channels, seconds=round(self.seconds, 1), **self.scores)
+        summary.update(channels=self.opt.channels, seconds=round(self.seconds, 1), **scores)
         self.write("summary.json", json.dumps(dict(summary, samples=grid and f"samples/{grid.name}"), indent=1))
-        if self.plots_at_finish and is_main():
-            _optional("plots").save_plots(self.dir)
+        if is_main() and (plots := _optional("plots", "losses.png and progress.gif", missing_ok=True)):
+            plots.save_plots(self.dir)
         if self.tensorboard:
             self.tensorboard.close()
-        self.unlock()
         print(f"done: {self.step} generator steps in {self.seconds:.0f}s; samples and checkpoint in {self.dir}")
         return self
 
-    def unlock(self):
-        if getattr(self, "lock", None):
-            self.lock.close()
-
-    def save_checkpoint(self, step, state):
-        """`state` (state_dicts; tensors as they are), the step, arguments and each process's random state,
-        replacing checkpoint.pt once whole; the one before stays as checkpoint.prev.pt."""
-        rng = dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if self.device.type == "cuda" else None)
-        every_rng, error = [rng] * GROUP.size, [None]
-        if GROUP.distributed:
-            torch.distributed.all_gather_object(every_rng, rng)
-        checkpoint = {name: obj if torch.is_tensor(obj) else unwrap(obj).state_dict() for name, obj in state.items()}
-        args = {k: v if isinstance(v, (int, float, str, type(None))) else str(v) for k, v in vars(self.opt).items()}
-        checkpoint.update(format=CHECKPOINT_FORMAT, script=self.script, step=step, seconds=self.seconds, args=args)
-        checkpoint.update(world_size=GROUP.size, rng=every_rng)
-        try:
-            if is_main():  # rank 0 alone writes
-                with self.writing("checkpoint.pt") as path, open(tmp := path.with_name("checkpoint.pt.tmp"), "wb") as f:
-                    torch.save(checkpoint, f)
-                    os.fsync(f.fileno())
-                    if path.exists():  # a hard link: at every moment a whole checkpoint has one of the two names
-                        path.with_name("checkpoint.prev.pt").unlink(missing_ok=True)
-                        os.link(path, path.with_name("checkpoint.prev.pt"))
-                    os.replace(tmp, path)
-        except UsageError as failed:
-            error = [failed]
-        if GROUP.distributed:  # all wait for the file, and stop alike where it could not be written
-            torch.distributed.broadcast_object_list(error)
-        if error[0]:
-            raise error[0]
-
     def restore(self, state):
-        """Load --resume's checkpoint into `state` and the random generators and drop the rows written after it,
-        then write config.json (a refused resume writes nothing); returns the step (0 for a new run)."""
+        """Load --resume's checkpoint into `state` and the random generators, drop the rows of the run's CSV
+        files after its step, write config.json (a refused resume writes nothing); returns the step."""
+        for name, obj in state.items() if self.resumed else ():
+            try:
+                obj.copy_(saved) if torch.is_tensor(saved := self.resumed[name]) else unwrap(obj).load_state_dict(saved)
+            except (RuntimeError, ValueError) as error:  # nets of another shape: a flag differs from the run's
+                detail = (str(error).splitlines()[1:] or [str(error)])[0].strip()
+                raise UsageError(f"--resume: the checkpoint's {name} does not fit these flags ({detail})") from None
         if self.resumed:
-            for name, obj in state.items():
-                saved = self.resumed[name]
-                try:
-                    obj.copy_(saved) if torch.is_tensor(obj) else unwrap(obj).load_state_dict(saved)
-                except (RuntimeError, ValueError) as error:  # nets of another shape: a flag differs from the run's
-                    detail = (str(error).splitlines()[1:] or [str(error)])[0].strip()
-                    raise UsageError(f"--resume: the checkpoint's {name} does not fit these flags ({detail})") from None
             torch.set_rng_state((rng := self.resumed["rng"][GROUP.rank])["cpu"])
             if self.device.type == "cuda" and rng["cuda"] is not None:
                 torch.cuda.set_rng_state(rng["cuda"])
             self.step, self.seconds = self.resumed["step"], self.resumed["seconds"]
             if self.opt.n_iters < self.step:
                 raise UsageError(f"--n_iters {self.opt.n_iters}: the run is at step {self.step} already; pass more")
-            for name in ("metrics.csv", "scores.csv") if self.training else ():
-                if (self.dir / name).exists():
-                    lines = (self.dir / name).read_text().splitlines(keepends=True)
-                    kept = [line for line in lines[1:] if int(line.split(",")[0]) <= self.step]
-                    self.write(name, "".join(lines[:1] + kept))
+        for path in self.dir.glob("*.csv") if self.resumed and self.training else ():  # metrics.csv, scores.csv...
+            lines = path.read_text().splitlines(keepends=True)
+            if lines and lines[0].startswith("step,"):
+                self.write(path.name, "".join(lines[:1] + [r for r in lines[1:] if int(r.split(",")[0]) <= self.step]))
         if self.training:
             config = dict(vars(self.opt), script=self.script, torch=torch.__version__, world_size=GROUP.size)
             self.write("config.json", json.dumps(config, indent=2, default=str) + "\n")
         return self.step
 
 
-def _optional(module, flags=None):
-    """A module imported only when `flags` ask for it; missing, one line naming it (plots: a warning)."""
+def new_folder(out, name):
+    """<out>/<name>_<time> (-2, -3... when taken), created by this process alone."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
-        return __import__(module)
+        out.mkdir(parents=True, exist_ok=True)
+        for path in (out / f"{name}_{stamp}{f'-{n}' * (n > 1)}" for n in itertools.count(1)):
+            with contextlib.suppress(FileExistsError):
+                path.mkdir()
+                return path
+    except OSError as error:
+        raise UsageError(f"cannot write the run folder in {out} ({error.strerror}): pass --out a writable folder")
+
+
+def lock(folder):
+    """An OS lock on a run folder while it trains, dropped when its handle closes or the process dies; None
+    where there is no such lock (Windows)."""
+    try:
+        import fcntl
     except ImportError:
-        if flags:
-            raise UsageError(f"{flags} need {module}.py: copy it from the repository beside this script")
-        print(f"no losses.png and progress.gif: copy {module}.py beside this script", file=sys.stderr)
-        return argparse.Namespace(save_plots=lambda folder: None)
+        return None
+    try:
+        fcntl.flock(handle := open(folder / ".lock", "w"), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise UsageError(f"{folder} is being trained by another process: wait for it to finish, or stop it")
+    return handle
+
+
+def save_checkpoint(run, step, state):
+    """`state` (state_dicts; tensors as they are), the step, arguments and each process's random state as
+    <run>/checkpoint.pt, replaced once whole; the one before stays as checkpoint.prev.pt."""
+    rng = dict(cpu=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if run.device.type == "cuda" else None)
+    every_rng, error = [rng] * GROUP.size, [None]
+    if GROUP.distributed:
+        torch.distributed.all_gather_object(every_rng, rng)
+    checkpoint = {name: obj if torch.is_tensor(obj) else unwrap(obj).state_dict() for name, obj in state.items()}
+    args = {k: v if isinstance(v, (int, float, str, type(None))) else str(v) for k, v in vars(run.opt).items()}
+    checkpoint.update(format=CHECKPOINT_FORMAT, script=run.script, step=step, seconds=run.seconds, args=args)
+    checkpoint.update(world_size=GROUP.size, rng=every_rng)
+    try:
+        if is_main():  # rank 0 alone writes
+            with run.writing("checkpoint.pt") as path, open(tmp := path.with_name("checkpoint.pt.tmp"), "wb") as f:
+                torch.save(checkpoint, f)
+                os.fsync(f.fileno())
+                if path.exists():  # a hard link: at every moment a whole checkpoint has one of the two names
+                    path.with_name("checkpoint.prev.pt").unlink(missing_ok=True)
+                    os.link(path, path.with_name("checkpoint.prev.pt"))
+                os.replace(tmp, path)
+    except UsageError as failed:
+        error = [failed]
+    if GROUP.distributed:  # all wait for the file, and stop alike where it could not be written
+        torch.distributed.broadcast_object_list(error)
+    if error[0]:
+        raise error[0]
 
 
 def load_checkpoint(path):
@@ -571,18 +549,46 @@ def load_checkpoint(path):
     return dict(checkpoint, dir=path.parent)
 
 
+def resumable(checkpoint, script, opt):
+    """--resume's checkpoint, if `script` wrote it for the same data, shapes and number of processes."""
+    if checkpoint["script"] != script:
+        raise UsageError(f"--resume: the run was written by {checkpoint['script']}.py, not {script}.py")
+    for key in ("dataset", "img_size", "channels", "latent_dim"):
+        if checkpoint["args"].get(key) != getattr(opt, key, checkpoint["args"].get(key)):
+            raise UsageError(f"--resume: the checkpoint has {key}={checkpoint['args'][key]}: drop --{key}")
+    if (trained := checkpoint["world_size"]) != GROUP.size:  # each process resumes its own random state
+        raise UsageError(f"--resume: the run was trained by {trained} process(es), not {GROUP.size}")
+    return checkpoint
+
+
+def _optional(module, flags, missing_ok=False):
+    """A module imported when `flags` ask for it, its UsageError then one line too; missing, one line naming
+    it (a warning and None, where `missing_ok`)."""
+    try:
+        imported = importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module:  # the module is here, a package it needs is not
+            raise UsageError(f"{flags} need the {error.name} package: pip install -r requirements.txt") from None
+        if not missing_ok:
+            raise UsageError(f"{flags} need {module}.py: copy it from the repository beside this script") from None
+        print(f"no {flags}: copy {module}.py beside this script", file=sys.stderr)
+        return None
+    USAGE_ERRORS.add(imported.UsageError)
+    return imported
+
+
 def first_line(error):
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def main(train, parse_args):
-    """train(parse_args()): UsageError (exit 2), Diverged and out-of-memory (exit 1) as one line, Ctrl-C 130."""
+    """train(parse_args()): a UsageError (exit 2), Diverged and out-of-memory (exit 1) as one line, Ctrl-C 130."""
     try:
         train(parse_args())
-    except (UsageError, Diverged, torch.OutOfMemoryError) as error:
+    except (*USAGE_ERRORS, Diverged, torch.OutOfMemoryError) as error:
         message = "out of memory: pass a smaller --batch_size" if isinstance(error, torch.OutOfMemoryError) else error
         print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
-        sys.exit(2 if isinstance(error, UsageError) else 1)
+        sys.exit(2 if isinstance(error, tuple(USAGE_ERRORS)) else 1)
     except KeyboardInterrupt:
         sys.exit(130)
     if GROUP.distributed:

@@ -1,7 +1,7 @@
 """Pictures of a run, imported only where they are drawn: losses.png (the metrics over the steps) and
 progress.gif (the sample grids as an animation) at the end of a run and by `python tools/compare.py --plot
 RUN`, the latent walks of --interpolate, and the TensorBoard log of --tensorboard. A run copied without
-this file trains all the same.
+this file trains all the same. common.py imports it; it imports nothing of common's.
 """
 
 import csv
@@ -13,7 +13,14 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-import common
+
+class UsageError(Exception):
+    """A problem the user can fix (tensorboard missing): the script prints it in one line."""
+
+
+def first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
 
 # The panels of losses.png: title, the metrics.csv columns drawn in it, log scale (True, False, or
 # "auto": when the values span more than a factor 30). A panel appears when one of its columns has
@@ -94,9 +101,9 @@ def save_plots(run_dir):
             if draw(run_dir, run_dir / name):
                 written.append(run_dir / name)
         except ImportError as error:
-            problems.append(f"no {name}: {common.first_line(error)} (pip install matplotlib)")
+            problems.append(f"no {name}: {first_line(error)} (pip install matplotlib)")
         except (OSError, ValueError, csv.Error) as error:  # unreadable or unwritable files
-            problems.append(f"no {name}: {common.first_line(error)}")
+            problems.append(f"no {name}: {first_line(error)}")
     if problems:
         print(f"warning: {'; '.join(problems)}", file=sys.stderr)
     return written
@@ -175,16 +182,18 @@ def interpolate(run, generator, z, n_classes=0):
     (cgan: a row a class), there and back; returns the run."""
     walks = slerp(z[:8], z[8:16], torch.linspace(0, 1, run.opt.interpolate, device=z.device)[:, None, None])
     labels = torch.arange(n_classes, device=z.device).repeat_interleave(8)  # cgan: class k in row k of a frame
-    frames = []
-    with common.evaluating(generator) as net:  # running statistics: an image depends on its own z alone
+    frames, training = [], generator.training
+    with torch.no_grad():
+        generator.eval()  # running statistics: an image depends on its own z alone
         for z_t in walks:  # a frame: each walk at the same point
-            images = net(z_t.repeat(n_classes, 1), labels) if n_classes else net(z_t)
+            images = generator(z_t.repeat(n_classes, 1), labels) if n_classes else generator(z_t)
             images = torch.stack(images, 1).flatten(0, 1) if isinstance(images, tuple) else images  # cogan's pairs
             frames.append(images.float().cpu())
+        generator.train(training)
     frames = torch.stack(frames)  # K frames x images x C x H x W
     rows = frames.unflatten(1, (n_classes, 8))[:, :, :1] if n_classes else frames.unflatten(1, (8, -1))
     png, gif = run.dir / "interpolation.png", run.dir / "interpolation.gif"
-    if common.is_main():  # under torchrun, rank 0 alone writes
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # under torchrun, rank 0 writes
         with run.writing(png.name):  # a row: its K frames (cogan: K pairs) left to right
             strips = rows.transpose(0, 1).flatten(0, 2)
             save_image(strips, png, nrow=rows.size(0) * rows.size(2), normalize=True, value_range=(-1, 1))
@@ -204,7 +213,7 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise common.UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
+            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
         self.writer = SummaryWriter(folder)
 
     def scalars(self, group, step, values):

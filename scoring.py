@@ -1,6 +1,6 @@
-"""Scores for a generator's samples, imported by common.Run only when --fid, --fcd, --save_fakes or
---generate asks for it. Each is a Frechet distance between Gaussians fitted to features of real and of
-fake images (lower is better):
+"""Scores for a generator's samples, in the run's scores.csv; common.Run imports this module only when
+--fid, --fcd, --save_fakes or --generate asks for it, and it imports nothing of common's. Each score is a
+Frechet distance between Gaussians fitted to features of real and of fake images (lower is better):
     fid  pytorch-fid's InceptionV3 pool features (2048-d), the number papers report; needs its weights.
     fcd  the 64 features of a small classifier trained once on the labelled training data, with
          `confident` (the share of fakes it gives a class with p >= 0.9), `classes` (how many classes
@@ -35,8 +35,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-import common
-
 # pytorch-fid's Inception weights, downloaded into torch.hub's cache. Their name carries the first 8 hex digits
 # of FID_SHA256 (torch.hub's convention), as pinned for this URL by snap-research/discoscene and others.
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
@@ -48,6 +46,18 @@ CONFIDENT = 0.9  # a classifier probability this high counts a fake as a recogni
 # directions where the paper takes 128 and 4 x 512: a 1-d Wasserstein distance is a sort, slow on a CPU.
 SWD_NHOOD, SWD_MIN_SIZE, SWD_PER_IMAGE, SWD_DIRECTIONS = 7, 16, 8, 256
 SWD_MIN_IMAGES = 1000  # fewer, and the distance of real images to other real ones is no longer small
+
+
+class UsageError(Exception):
+    """A problem the user can fix (no weights, unlabelled data...): the script prints it in one line."""
+
+
+def first_line(error):
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def is_main():  # whether this process scores and writes: torchrun's rank 0, or the only one
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 class FeatureClassifier(nn.Module):
@@ -94,20 +104,20 @@ def inception(weights, device):
 
     path = Path(weights).expanduser() if weights else Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS
     if weights and not path.is_file():
-        raise common.UsageError(f"--fid_weights {weights}: no such file; pass the path of {FID_WEIGHTS}")
+        raise UsageError(f"--fid_weights {weights}: no such file; pass the path of {FID_WEIGHTS}")
     try:
         if not path.exists():  # into a temporary file, checked against FID_SHA256, then renamed
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(path), hash_prefix=FID_SHA256)
         data = path.read_bytes()  # checked, then read from memory: no other file can take its place between
     except (OSError, RuntimeError) as error:  # offline (urllib's URLError), or other bytes than pinned
-        raise common.UsageError(
+        raise UsageError(
             f"--fid needs pytorch-fid's Inception weights {FID_WEIGHTS} and could not download or read them "
-            f"({common.first_line(error)}): put {FID_WEIGHTS_URL} into {path.parent}, or pass --fid_weights PATH"
+            f"({first_line(error)}): put {FID_WEIGHTS_URL} into {path.parent}, or pass --fid_weights PATH"
         )
     if (digest := hashlib.sha256(data).hexdigest()) != FID_SHA256:
         fix = f"pass --fid_weights a copy of {FID_WEIGHTS_URL}" if weights else "delete it to download it again"
-        raise common.UsageError(
+        raise UsageError(
             f"{path} is not pytorch-fid's Inception weights (SHA-256 {digest[:16]}..., not {FID_SHA256[:16]}...): {fix}"
         )
     try:
@@ -115,12 +125,12 @@ def inception(weights, device):
         with mock.patch.object(fid, "load_state_dict_from_url", lambda *args, **kwargs: state):
             return fid.InceptionV3([fid.InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]]).to(device).eval()
     except Exception as error:  # a pickle of more than tensors, or other tensors: never unpickled
-        raise common.UsageError(f"{path} does not hold Inception weights ({_reason(error)}): pass {FID_WEIGHTS}")
+        raise UsageError(f"{path} does not hold Inception weights ({_reason(error)}): pass {FID_WEIGHTS}")
 
 
 def _reason(error):  # why torch.load(weights_only=True) or load_state_dict refused a file
     unsafe = isinstance(error, pickle.UnpicklingError)
-    return "it holds Python objects, never unpickled here" if unsafe else common.first_line(error)
+    return "it holds Python objects, never unpickled here" if unsafe else first_line(error)
 
 
 def frechet_distance(a, b):
@@ -183,10 +193,12 @@ def sorted_projections(descriptors, directions):
 class Scorer:
     """--fid, --fcd, --swd, --save_fakes and --generate for one run (see the module's docstring)."""
 
-    def __init__(self, opt, data, device):
-        self.opt, self.data, self.device, self.scored_at = opt, data, device, None
+    def __init__(self, opt, data, device, real_batches):
+        """`real_batches()`: a new stream of (images, labels) batches of the training data, in [-1, 1]."""
+        self.opt, self.data, self.device, self.real_batches = opt, data, device, real_batches
+        self.scored_at, self.scores = None, {}
         self.scoring = opt.fid or opt.fcd or opt.swd
-        if not self.scoring or opt.generate or not common.is_main():  # under torchrun, rank 0 scores
+        if not self.scoring or opt.generate or not is_main():  # under torchrun, rank 0 scores
             return
         root = Path(opt.data_root).expanduser().resolve()
         self.cache = root.with_name(root.name + "_fid_stats") if opt.dataset == "folder" else root / "fid_stats"
@@ -209,7 +221,7 @@ class Scorer:
         the real images' neighbourhoods, kept in memory (about 250 MB at 10,000 images of 64x64)."""
         n = self.n_real // self.opt.batch_size * self.opt.batch_size
         if n < SWD_MIN_IMAGES:
-            raise common.UsageError(
+            raise UsageError(
                 f"--swd compares {SWD_MIN_IMAGES} real images or more with as many fakes, and here it would have {n} "
                 f"({len(self.data)} images, --fid_samples {self.opt.fid_samples}): use more images, or drop --swd"
             )
@@ -241,7 +253,7 @@ class Scorer:
 
     def _real(self, features):
         """The features of n_real training images."""
-        batches = iter(common.Batches(self.data, self.opt.batch_size, self.device, 0, self.opt.n_cpu, shard=False))
+        batches = iter(self.real_batches())
         return torch.cat([features(next(batches)[0]) for _ in range(self.n_real // self.opt.batch_size)])
 
     def inception_features(self, images):
@@ -252,9 +264,9 @@ class Scorer:
     def _classifier(self):
         data = self.data
         if data.labels is None or data.n_classes < 2:
-            raise common.UsageError(f"--fcd needs labelled data, two classes or more; {data.name} has none: use --fid")
+            raise UsageError(f"--fcd needs labelled data, two classes or more; {data.name} has none: use --fid")
         if data.images is None:
-            raise common.UsageError(f"--fcd trains its classifier in memory and {data.name} is too large: use --fid")
+            raise UsageError(f"--fcd trains its classifier in memory and {data.name} is too large: use --fid")
 
         def fit():
             trained, accuracy = train_classifier(data, self.device)
@@ -268,16 +280,16 @@ class Scorer:
     def fakes(self, generator, fakes, n):
         """Batches of (images, labels) until n fakes, from a noise stream of their own (the same each time,
         leaving training's untouched), quantised to 8 bits as the PNG files pytorch-fid would read."""
-        rng = torch.Generator(self.device).manual_seed(self.opt.seed)
-        with common.evaluating(generator) as net:
-            for start in range(0, n, self.opt.batch_size):
-                images, labels = fakes(net, min(self.opt.batch_size, n - start), rng)
-                yield images.clamp(-1, 1).add(1).mul(127.5).round().div(127.5).sub(1), labels
+        rng, training = torch.Generator(self.device).manual_seed(self.opt.seed), generator.training
+        generator.eval()  # running statistics: an image depends on its own z alone
+        for start in range(0, n, self.opt.batch_size):
+            with torch.no_grad():
+                images, labels = fakes(generator, min(self.opt.batch_size, n - start), rng)
+            yield images.clamp(-1, 1).add(1).mul(127.5).round().div(127.5).sub(1), labels
+        generator.train(training)
 
-    def score(self, run, step, generator, fakes):
-        """The scores of --fid_samples fakes at `step`, as a row of scores.csv and in run.scores (rank 0 alone)."""
-        if not common.is_main():
-            return
+    def measure(self, generator, fakes):
+        """The scores of --fid_samples fakes: {name: value}."""
         features, pools, counts, patches = [], [], torch.zeros(self.data.n_classes or 1), []
         rng = torch.Generator().manual_seed(1)  # the same neighbourhoods of the same fakes at every score
         for images, _ in self.fakes(generator, fakes, self.opt.fid_samples):
@@ -300,31 +312,39 @@ class Scorer:
             patches = torch.cat(patches)[: self.swd_real.size(-1)]  # as many fakes as real images
             distances = (sorted_projections(patches, self.directions) - self.swd_real).abs().mean((1, 2))
             scores["swd"] = distances.mean().item() * 1e3
-        run.scores, self.scored_at = scores, step
-        run.append("scores.csv", dict(step=step, **run.scores, seconds=run.seconds))
+        return scores
+
+    def score(self, run, step, generator, fakes):
+        """The scores at `step` as a row of <run>/scores.csv (and TensorBoard's), printed (rank 0 alone)."""
+        if not is_main():
+            return
+        self.scores, self.scored_at = self.measure(generator, fakes), step
+        run.append("scores.csv", dict(step=step, **self.scores, seconds=run.seconds))
         if run.tensorboard:
-            run.tensorboard.scalars("score", step, run.scores)
-        shown = {name: value for name, value in run.scores.items() if not name.startswith("class_")}  # counts: csv only
+            run.tensorboard.scalars("score", step, self.scores)
+        shown = {name: value for name, value in self.scores.items() if not name.startswith("class_")}  # csv only
         print(f"step {step}  " + "  ".join(f"{name} {value:.4g}" for name, value in shown.items()))
 
     def finish(self, run, generator, fakes):
-        """At the end of training: the scores at the last step (unless scored there), then --save_fakes."""
+        """At the end of training: the scores at the last step (unless scored there), then --save_fakes;
+        returns the last scores, for summary.json."""
         if self.scoring and self.scored_at != run.step and not self._scored_before(run):
             self.score(run, run.step, generator, fakes)
         if self.opt.save_fakes:
             self.write_fakes(run, generator, fakes, self.opt.save_fakes)
+        return self.scores
 
     def _scored_before(self, run):
         """Whether scores.csv ends at run.step with every score asked for (a finished run resumed as it is,
-        as tools/compare.py does): then run.scores are read back from it, not scored and written a second time."""
+        as tools/compare.py does): then its scores are read back, not scored and written a second time."""
         path = run.dir / "scores.csv"
-        rows = list(csv.DictReader(path.read_text().splitlines())) if common.is_main() and path.exists() else []
+        rows = list(csv.DictReader(path.read_text().splitlines())) if is_main() and path.exists() else []
         fcd = ["fcd", "confident", "classes", "balance", *self.class_columns()] if self.opt.fcd else []
         names = ["fid"] * self.opt.fid + fcd + ["swd"] * self.opt.swd
         if not rows or rows[-1]["step"] != str(run.step) or not all(rows[-1].get(name) for name in names):
             return False
         whole = [name for name in names if name.startswith("class")]  # classes, and the counts class_<name>
-        run.scores = {name: int(rows[-1][name]) if name in whole else float(rows[-1][name]) for name in names}
+        self.scores = {name: int(rows[-1][name]) if name in whole else float(rows[-1][name]) for name in names}
         self.scored_at = run.step
         return True
 
@@ -337,7 +357,7 @@ class Scorer:
         """n fakes as PNG files in <run>/fakes (a folder per class where they have labels), the input of
         `python -m pytorch_fid <run>/fakes <real images>`; returns the run."""
         written = 0
-        for images, labels in self.fakes(generator, fakes, n) if common.is_main() else ():
+        for images, labels in self.fakes(generator, fakes, n) if is_main() else ():
             pixels = images.add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             for index, array in enumerate(pixels):
                 folder = f"fakes/{self.data.classes[int(labels[index])]}" if labels is not None else "fakes"

@@ -20,6 +20,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import plots  # noqa: E402 - from the repository root
+
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # The environment for running a script as a program: it imports common.py from the repo root.
@@ -80,7 +82,7 @@ def spy_training(script, out, generator, discriminator, *args):
         patch.setattr(classes[0], "forward", watched_generator)
         patch.setattr(classes[1], "forward", watched_discriminator)
         patch.setattr(common.Batches, "__iter__", watched_batches)
-        patch.setattr(common.Run, "plots_at_finish", False)  # a module's fixture runs before the autouse one
+        patch.setattr(plots, "save_plots", skip_plots)  # a module's fixture runs before the autouse one
         spied.run = train_script(script, out, *args)
     return spied
 
@@ -163,11 +165,14 @@ def write_images(folder, count, size=(12, 10), mode="RGB", start=0):
 
 
 @pytest.fixture(autouse=True)
-def no_plots_at_finish(monkeypatch):
-    """Every run draws its plots at the end, two seconds each; the plot tests draw them explicitly."""
-    import common
+def no_plots_at_finish(request, monkeypatch):
+    """Every run draws its plots at the end, two seconds each: skipped but in the tests marked `plots`."""
+    if not request.node.get_closest_marker("plots"):
+        monkeypatch.setattr(plots, "save_plots", skip_plots)
 
-    monkeypatch.setattr(common.Run, "plots_at_finish", False)
+
+def skip_plots(folder):  # plots.save_plots in the runs that do not test it
+    return []
 
 
 @pytest.fixture

@@ -100,7 +100,7 @@ def test_corrupt_files_keep_labels_aligned(tmp_path):
     ids=["missing", "file", "empty", "no-images", "empty-class", "all-unreadable"],
 )
 def test_bad_folders_get_one_line_errors(tmp_path, make, message):
-    with pytest.raises(common.UsageError, match=message) as error:
+    with pytest.raises((common.UsageError, folders.UsageError), match=message) as error:
         load_folder(make(tmp_path))
     assert "\n" not in str(error.value)
 
@@ -245,11 +245,11 @@ def make_run(out, *args):
 def test_checkpoint_replaces_whole_keeps_previous_and_restores(tmp_path):
     run, opt = make_run(tmp_path)
     net = torch.nn.Linear(2, 2)
-    run.save_checkpoint(1, {"generator": net})
-    run.save_checkpoint(2, {"generator": net})
+    common.save_checkpoint(run, 1, {"generator": net})
+    common.save_checkpoint(run, 2, {"generator": net})
     assert torch.load(run.dir / "checkpoint.prev.pt", weights_only=True)["step"] == 1
     assert not list(run.dir.glob("*.tmp"))
-    run.unlock()
+    run.lock.close()
     opt.resume, fresh = str(run.dir), torch.nn.Linear(2, 2)
     assert common.Run(opt, "dcgan.py", None, CPU).restore({"generator": fresh}) == 2
     assert torch.equal(fresh.weight, net.weight)
@@ -257,14 +257,14 @@ def test_checkpoint_replaces_whole_keeps_previous_and_restores(tmp_path):
 
 def test_a_kill_between_the_renames_of_a_save_still_resumes(tmp_path, monkeypatch):
     run, opt = make_run(tmp_path)
-    run.save_checkpoint(1, {})
+    common.save_checkpoint(run, 1, {})
 
     def killed(*args):
         raise KeyboardInterrupt  # the second Ctrl-C, after the hard link and before the new file's rename
 
     monkeypatch.setattr(common.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        run.save_checkpoint(2, {})
+        common.save_checkpoint(run, 2, {})
     assert common.load_checkpoint(run.dir)["step"] == 1
     (run.dir / "checkpoint.pt").unlink()  # the old save's gap: only checkpoint.prev.pt left
     assert common.load_checkpoint(run.dir)["step"] == 1
@@ -272,8 +272,8 @@ def test_a_kill_between_the_renames_of_a_save_still_resumes(tmp_path, monkeypatc
 
 def test_corrupt_checkpoint_points_to_previous(tmp_path):
     run, _ = make_run(tmp_path)
-    run.save_checkpoint(1, {})
-    run.save_checkpoint(2, {})
+    common.save_checkpoint(run, 1, {})
+    common.save_checkpoint(run, 2, {})
     run.checkpoint_path.write_bytes(run.checkpoint_path.read_bytes()[:100])
     with pytest.raises(common.UsageError, match="not a readable checkpoint.*checkpoint.prev.pt may still be good"):
         common.load_checkpoint(run.dir)
@@ -306,8 +306,8 @@ def test_a_checkpoint_from_before_is_one_line(tmp_path):
 
 def test_resume_mismatch_is_refused(tmp_path):
     run, opt = make_run(tmp_path)
-    run.save_checkpoint(1, {})
-    run.unlock()
+    common.save_checkpoint(run, 1, {})
+    run.lock.close()
     config = (run.dir / "config.json").read_text()
     opt.resume, opt.img_size = str(run.dir), 32
     with pytest.raises(common.UsageError, match="the checkpoint has img_size=16"):
@@ -337,17 +337,17 @@ def test_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path):
 
 
 def test_two_runs_started_at_once_get_two_folders(tmp_path):
-    assert common.Run._new_folder(tmp_path, "dcgan_digits") != common.Run._new_folder(tmp_path, "dcgan_digits")
+    assert common.new_folder(tmp_path, "dcgan_digits") != common.new_folder(tmp_path, "dcgan_digits")
 
 
 def test_a_second_training_of_a_live_run_is_refused(tmp_path):
     run, opt = make_run(tmp_path)
-    run.save_checkpoint(1, {})
+    common.save_checkpoint(run, 1, {})
     opt.resume = str(run.dir)
     with pytest.raises(common.UsageError, match="is being trained by another process"):
         common.Run(opt, "dcgan.py", None, CPU)
-    run.unlock()  # the first run ends (or is killed: the kernel drops its lock)
-    common.Run(opt, "dcgan.py", None, CPU).unlock()
+    run.lock.close()  # the first run ends (or is killed: the kernel drops its lock)
+    common.Run(opt, "dcgan.py", None, CPU).lock.close()
 
 
 def test_a_full_disk_while_writing_metrics_is_one_line(tmp_path, monkeypatch):

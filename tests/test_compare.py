@@ -27,6 +27,7 @@ def scoring_root(tmp_path_factory):
     return tmp_path_factory.mktemp("scoring_data")
 
 
+@pytest.mark.plots
 @pytest.mark.parametrize(
     "script, panel",
     [("dcgan", "mean discriminator output"), ("wgan", "Wasserstein"), ("began", "convergence measure M")],
@@ -45,6 +46,7 @@ def test_save_plots_draws_the_losses_and_the_progress(script, panel, tmp_path):
     assert titles[0] == "losses" and any(panel in title for title in titles)
 
 
+@pytest.mark.plots
 def test_progress_gif_keeps_at_most_sixty_frames(tmp_path):
     run = train_script("dcgan", tmp_path, *TINY, *SCRIPTS["dcgan"], "--n_iters", 2)
     grid = run.dir / "samples" / "0000002.png"
@@ -56,6 +58,7 @@ def test_progress_gif_keeps_at_most_sixty_frames(tmp_path):
         assert gif.n_frames == plots.GIF_FRAMES
 
 
+@pytest.mark.plots
 def test_a_plot_that_cannot_be_written_costs_one_warning_line(tmp_path, capsys):
     run = train_script("dcgan", tmp_path, *TINY, *SCRIPTS["dcgan"], "--n_iters", 2)
     (run.dir / "losses.png").unlink(missing_ok=True)
@@ -128,6 +131,7 @@ def test_compare_reuses_finished_runs(compared, capsys):
     assert sorted((folder / "runs").iterdir()) == runs  # nothing trained again
 
 
+@pytest.mark.plots
 def test_plot_redraws_one_run(compared, capsys):
     folder, _ = compared
     run_dir = next((folder / "runs").glob("dcgan_*"))
@@ -227,8 +231,8 @@ def test_defaults_scores_g_alone_beside_its_average(tmp_path, scoring_root, scri
     averaged = train_script("dcgan", tmp_path / "a", *args, "--ema", 0.9)
     plain = train_script("dcgan", tmp_path / "b", *args, "--ema", 0)
     alone = compare.score_g_itself("dcgan", averaged.dir, "--fcd", tmp_path, dict(script="dcgan", dataset="digits"))
-    assert alone["step"] == 30 and alone["fcd"] == pytest.approx(plain.scores["fcd"], rel=1e-4)
-    assert alone["fcd"] != pytest.approx(averaged.scores["fcd"], rel=1e-2)
+    assert alone["step"] == 30 and alone["fcd"] == pytest.approx(plain.scorer.scores["fcd"], rel=1e-4)
+    assert alone["fcd"] != pytest.approx(averaged.scorer.scores["fcd"], rel=1e-2)
     opt = compare.parse_args(["--defaults"])
     assert (
         opt.img_size is None

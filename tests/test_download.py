@@ -100,7 +100,7 @@ def test_download_verify_unpack(server, tmp_path):
 
 def test_corrupt_download_is_deleted(server, monkeypatch, tmp_path):
     monkeypatch.setattr(anime, "ANIME_SHA256", "0" * 64)
-    with pytest.raises(common.UsageError, match="download is corrupt .* was deleted") as error:
+    with pytest.raises(anime.UsageError, match="download is corrupt .* was deleted") as error:
         common.load_images("anime", tmp_path, 16, 3)
     assert "\n" not in str(error.value) and anime.ANIME_URL in str(error.value)
     assert left(tmp_path) == []
@@ -108,7 +108,7 @@ def test_corrupt_download_is_deleted(server, monkeypatch, tmp_path):
 
 def test_interrupted_download_resumes(server, tmp_path):
     server.cut_after = 100
-    with pytest.raises(common.UsageError, match="partial download .* resumes on the next try"):
+    with pytest.raises(anime.UsageError, match="partial download .* resumes on the next try"):
         common.load_images("anime", tmp_path, 16, 3)
     assert not (tmp_path / "anime").exists()
     assert (tmp_path / "anime-faces.zip.part").stat().st_size == 100
@@ -118,7 +118,7 @@ def test_interrupted_download_resumes(server, tmp_path):
 
 def test_offline_gives_the_manual_steps(monkeypatch, tmp_path):
     monkeypatch.setattr(anime, "ANIME_URL", "http://127.0.0.1:9/data.zip")  # nothing listens on port 9
-    with pytest.raises(common.UsageError, match=r"could not download the anime faces.*Anime Face Dataset.*anime") as e:
+    with pytest.raises(anime.UsageError, match=r"could not download the anime faces.*Anime Face Dataset.*anime") as e:
         common.load_images("anime", tmp_path, 16, 3)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "anime").exists() and not (tmp_path / "anime-faces.zip.part").exists()
@@ -128,7 +128,7 @@ def test_non_empty_folder_without_images_is_left_alone(monkeypatch, tmp_path):
     monkeypatch.setattr(anime, "ANIME_URL", "http://127.0.0.1:9/data.zip")
     (tmp_path / "anime").mkdir()
     (tmp_path / "anime" / "notes.txt").write_text("mine")
-    with pytest.raises(common.UsageError, match="holds no images but is not empty"):
+    with pytest.raises(anime.UsageError, match="holds no images but is not empty"):
         common.load_images("anime", tmp_path, 16, 3)
     assert (tmp_path / "anime" / "notes.txt").read_text() == "mine"
 
@@ -164,7 +164,7 @@ def test_without_fcntl_it_goes_on_unlocked(server, monkeypatch, tmp_path):
 
 def test_a_foreign_archive_in_the_data_root_is_refused(server, tmp_path):
     (tmp_path / "anime-faces.zip").write_bytes(face_zip(count=2))  # not the pinned archive
-    with pytest.raises(common.UsageError, match="anime-faces.zip is not the anime faces .SHA-256 .*delete it") as e:
+    with pytest.raises(anime.UsageError, match="anime-faces.zip is not the anime faces .SHA-256 .*delete it") as e:
         common.load_images("anime", tmp_path, 16, 3)
     assert "\n" not in str(e.value) and server.requests == []
     assert left(tmp_path) == ["anime-faces.zip"]  # nothing unpacked; the file is left to its owner
@@ -186,13 +186,13 @@ def test_the_pinned_archive_found_in_the_data_root_is_unpacked(server, tmp_path)
 def test_an_archive_that_unpacks_too_large_is_refused(server, monkeypatch, tmp_path, limit, extra, refused):
     monkeypatch.setattr(anime, limit, 2**20 - 1)  # a megabyte of zeros compresses to a kilobyte
     serve(monkeypatch, face_zip(extra=extra))
-    with pytest.raises(common.UsageError, match=f"anime-faces.zip was not unpacked .{refused}") as e:
+    with pytest.raises(anime.UsageError, match=f"anime-faces.zip was not unpacked .{refused}") as e:
         common.load_images("anime", tmp_path, 16, 3)
     assert "\n" not in str(e.value) and left(tmp_path) == ["anime-faces.zip"]
 
 
 def test_unsafe_zip_paths_are_refused(server, monkeypatch, tmp_path):
     serve(monkeypatch, face_zip(extra=[("../escape.png", b"x")]))
-    with pytest.raises(common.UsageError, match="was not unpacked .unsafe path '../escape.png'"):
+    with pytest.raises(anime.UsageError, match="was not unpacked .unsafe path '../escape.png'"):
         common.load_images("anime", tmp_path, 16, 3)
     assert not (tmp_path / "escape.png").exists() and left(tmp_path) == ["anime-faces.zip"]

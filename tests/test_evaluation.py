@@ -2,6 +2,7 @@
 since its weights cannot be downloaded here), the offline classifier measure, fakes on disk, and that
 nothing scoring reads (caches, Inception weights) is ever unpickled."""
 
+import functools
 import hashlib
 import json
 import os
@@ -70,22 +71,14 @@ class Exploit:
         return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
-class Sink:
-    """What Scorer.score writes into, standing in for a run (as tools/compare.py's does)."""
-
-    tensorboard, seconds, scores = None, 0.0, {}
-
-    def append(self, name, row):
-        pass
-
-
 def digits(n, size=16):
     return common.load_images("digits", "unused", size, 1).images[:n].float().div(127.5).sub(1)
 
 
 def scorer(*args, root):
     opt = dcgan.parse_args([*map(str, TINY), "--data_root", str(root), *map(str, args)])
-    return scoring.Scorer(opt, common.load_images("digits", "unused", 16, 1), CPU)
+    data = common.load_images("digits", "unused", 16, 1)
+    return scoring.Scorer(opt, data, CPU, functools.partial(common.Batches, data, opt.batch_size, CPU, 0, shard=False))
 
 
 def test_fid_is_zero_for_the_same_images_and_grows_with_noise(stand_in, small_fid):
@@ -150,15 +143,14 @@ def test_classifier_measure_tells_digits_from_noise(scoring_root):
     saved = torch.load(scoring_root / "fid_stats" / "classifier_digits_16x1.pt", weights_only=True)
     assert saved["accuracy"] > 0.9  # on the tenth of the digits held out from its training
 
-    real, sink = digits(256), Sink()
-    measure.score(
-        sink, 1, torch.nn.Identity(), lambda net, n, rng: (real[torch.randint(256, (n,), generator=rng)], None)
+    real = digits(256)
+    from_real = measure.measure(
+        torch.nn.Identity(), lambda net, n, rng: (real[torch.randint(256, (n,), generator=rng)], None)
     )
-    from_real = sink.scores
-    measure.score(
-        sink, 2, torch.nn.Identity(), lambda net, n, rng: (torch.rand(n, 1, 16, 16, generator=rng) * 2 - 1, None)
+    from_noise = measure.measure(
+        torch.nn.Identity(), lambda net, n, rng: (torch.rand(n, 1, 16, 16, generator=rng) * 2 - 1, None)
     )
-    assert from_real["fcd"] < sink.scores["fcd"] / 10
+    assert from_real["fcd"] < from_noise["fcd"] / 10
     assert from_real["confident"] > 0.8 and from_real["classes"] == 10
 
 
@@ -168,12 +160,12 @@ def test_balance_is_k_times_the_rarest_classs_share_of_the_confident_fakes(scori
     data = common.load_images("digits", "unused", 16, 1)
     images = data.images.float().div(127.5).sub(1)
     by_class = [images[data.labels == digit] for digit in range(10)]
-    measure, sink = scorer("--fcd", "--fid_samples", 200, root=scoring_root), Sink()
+    measure = scorer("--fcd", "--fid_samples", 200, root=scoring_root)
 
     def scored(fakes):
         batches = iter(fakes.split(16))  # Scorer.fakes asks for --batch_size fakes at a time, in order
-        measure.score(sink, 1, torch.nn.Identity(), lambda net, n, rng: (next(batches), None))
-        return sink.scores, [sink.scores[f"class_{digit}"] for digit in range(10)]
+        scores = measure.measure(torch.nn.Identity(), lambda net, n, rng: (next(batches), None))
+        return scores, [scores[f"class_{digit}"] for digit in range(10)]
 
     even, counts = scored(torch.cat([digits[:20] for digits in by_class]))
     assert sum(counts) == round(even["confident"] * 200) and min(counts) >= 15
@@ -223,7 +215,7 @@ def test_missing_inception_weights_offline_is_one_clear_line(tmp_path, monkeypat
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(
-        common.UsageError, match=f"Inception weights {scoring.FID_WEIGHTS} and could not download"
+        scoring.UsageError, match=f"Inception weights {scoring.FID_WEIGHTS} and could not download"
     ) as error:
         scoring.inception(None, CPU)
     assert "name resolution" in str(error.value) and "\n" not in str(error.value)
@@ -255,7 +247,7 @@ def test_wrong_inception_weights_are_one_line_and_never_unpickled(tmp_path, monk
 def test_inception_weights_of_the_pinned_digest_are_still_read_as_weights_only(tmp_path, monkeypatch):
     torch.save({"weight": Exploit(marker := tmp_path / "ran")}, evil := tmp_path / "evil.pth")
     monkeypatch.setattr(scoring, "FID_SHA256", hashlib.sha256(evil.read_bytes()).hexdigest())
-    with pytest.raises(common.UsageError, match="does not hold Inception weights .it holds Python objects"):
+    with pytest.raises(scoring.UsageError, match="does not hold Inception weights .it holds Python objects"):
         scoring.inception(str(evil), CPU)
     assert not marker.exists()
 
@@ -288,7 +280,7 @@ def test_a_cache_that_would_run_code_is_recomputed_with_one_warning(
 def test_fcd_on_unlabelled_data_is_refused(tmp_path):
     write_images(tmp_path / "faces", 40)
     args = ["--dataset", "folder", "--data_root", tmp_path / "faces", "--fcd", "--channels", 3]
-    with pytest.raises(common.UsageError, match="--fcd needs labelled data") as error:
+    with pytest.raises(scoring.UsageError, match="--fcd needs labelled data") as error:
         train_script("dcgan", tmp_path, *TINY, *args)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("dcgan_*"))
@@ -311,8 +303,8 @@ def test_tensorboard_gets_the_metrics_and_grids(tmp_path):
     assert [event.step for event in events.Scalars("train/loss_D")] == [1, 2]
 
 
-def test_a_finished_run_draws_its_plots(tmp_path, monkeypatch, scoring_root):
-    monkeypatch.setattr(common.Run, "plots_at_finish", True)
+@pytest.mark.plots
+def test_a_finished_run_draws_its_plots(tmp_path, scoring_root):
     args = ["--n_iters", 4, "--fcd", "--fid_interval", 2, "--fid_samples", 32, "--data_root", scoring_root]
     run = train_script("dcgan", tmp_path, *TINY, *args)
     with Image.open(run.dir / "progress.gif") as gif:

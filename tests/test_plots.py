@@ -3,6 +3,7 @@
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import plots
@@ -29,6 +30,7 @@ def test_metrics_and_scores_are_read_as_series(tmp_path):
     assert titles == ["losses", "FID (Inception features; lower is better)"]
 
 
+@pytest.mark.plots
 def test_without_matplotlib_the_gif_is_drawn_and_one_line_says_why_not_the_png(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     run = run_folder(tmp_path / "run")

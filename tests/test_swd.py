@@ -60,6 +60,6 @@ def test_swd_is_written_to_scores_csv_and_too_few_images_is_refused_with_the_run
     (row,) = read_metrics(run.dir, "scores.csv")
     assert list(row) == ["step", "swd"] and row["step"] == "2" and float(row["swd"]) > 0
     checkpoint = (run.dir / "checkpoint.pt").read_bytes()
-    with pytest.raises(common.UsageError, match=r"--swd compares 1000 real images or more .* here it would have 512"):
+    with pytest.raises(scoring.UsageError, match=r"--swd compares 1000 real images or more .* here it would have 512"):
         train_script("dcgan", tmp_path, "--resume", run.dir, "--n_iters", 3, "--swd", "--fid_samples", 512)
     assert (run.dir / "checkpoint.pt").read_bytes() == checkpoint and read_metrics(run.dir, "scores.csv") == [row]

@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
-import common
 import dcgan
 import plots
-from conftest import ROOT, read_metrics, train_script
+from conftest import ROOT, read_metrics, skip_plots, train_script
 from test_bad_input import run_cli
 from test_scripts import SCRIPTS, TINY
 
@@ -26,7 +25,7 @@ def runs(tmp_path_factory):
     """A two-step run of each script in <folder>/runs, shared by the tests here: {script: run folder}."""
     out = tmp_path_factory.mktemp("trained") / "runs"
     with pytest.MonkeyPatch.context() as patch:  # the autouse fixture that skips the plots is per test
-        patch.setattr(common.Run, "plots_at_finish", False)
+        patch.setattr(plots, "save_plots", skip_plots)
         return {script: train_script(script, out, *TINY, *SCRIPTS[script], "--n_iters", 2).dir for script in SCRIPTS}
 
 

@@ -184,8 +184,12 @@ def measure(name, precision, opt, count):
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as tmp, counting:
         script = script_opt(name, opt, *PRECISIONS[precision], "--out", tmp, "--n_iters", str(timed[-1] + 1))[1]
-        watch = dict(progress=watched_progress, log=watched_log, plots_at_finish=False)  # plots: a wait, untimed
-        with mock.patch.multiple(common.Run, **watch), mock.patch.object(common.Batches, "__iter__", watched_batches):
+        loop = mock.patch.multiple(common.Run, progress=watched_progress, log=watched_log)
+        stream, no_plots = (
+            mock.patch.object(common.Batches, "__iter__", watched_batches),
+            mock.patch("plots.save_plots"),
+        )
+        with loop, stream, no_plots:  # the plots at the end: a wait, untimed
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 module.train(script)
     seconds = statistics.median(starts[step + 1] - starts[step] for step in timed)
@@ -237,7 +241,7 @@ def measure_here(name, precision, opt, count):
     try:
         return measure(name, precision, opt, count)
     except Exception as error:  # a script that cannot run here (its data, a compiler...): the others still can
-        message = str(error) if isinstance(error, common.UsageError) else f"{type(error).__name__}: {error}"
+        message = str(error) if isinstance(error, tuple(common.USAGE_ERRORS)) else f"{type(error).__name__}: {error}"
         return dict(script=name, precision=precision, error=common.first_line(message))
 
 

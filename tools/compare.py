@@ -17,9 +17,9 @@ changed since), one it left unfinished is continued: the same command again cost
 """
 
 import contextlib
+import functools
 import hashlib
 import importlib
-import io
 import json
 import math
 import shlex
@@ -236,16 +236,14 @@ def noise_scores(results):
         return None
     opt = types.SimpleNamespace(**json.loads((run_dir / "config.json").read_text()))
     device, size = common.get_device(opt.device), (opt.channels, opt.img_size, opt.img_size)
-    scorer = scoring.Scorer(opt, common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels), device)
-    # Scorer.score writes into a run: here only its scores are kept, no file, no log line.
-    scored = types.SimpleNamespace(tensorboard=None, seconds=0.0, scores=None, append=lambda name, row: None)
+    data = common.load_images(opt.dataset, opt.data_root, opt.img_size, opt.channels)
+    reals = functools.partial(common.Batches, data, opt.batch_size, device, 0, opt.n_cpu, shard=False)
+    scorer = scoring.Scorer(opt, data, device, reals)
 
     def noise(generator, n, rng):  # no generator: the noise is the fake
         return torch.rand(n, *size, generator=rng, device=device) * 2 - 1, None
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        scorer.score(scored, 0, torch.nn.Identity(), noise)
-    return scored.scores
+    return scorer.measure(torch.nn.Identity(), noise)
 
 
 def write_results(results, noise, opt, folder):
