@@ -323,26 +323,26 @@ class Run:
         self.about = f"{len(data)} {data.name} images at {opt.img_size}x{opt.img_size}x{opt.channels}" if data else ""
         self.resumed = resumable(load_checkpoint(opt.resume), self.script, opt) if opt.resume else None
         self.training = training and not (opt.generate or opt.interpolate)
-        self.scorer = self.plots = self.tensorboard = self.lock = None
+        self.scorer = self.plots = self.tensorboard = self.dir = None
+        self.held = contextlib.ExitStack()  # the folder's lock and TensorBoard's writer, let go at the end or a stop
         if opt.generate or (self.training and (opt.fid or opt.fcd or opt.swd or opt.save_fakes)):  # fails now
             reals = functools.partial(Batches, data, opt.batch_size, device, 0, opt.n_cpu, shard=False)
             scoring = _optional("scoring", "--fid/--fcd/--swd, --save_fakes, --generate")
             self.scorer = scoring.Scorer(opt, data, device, reals)
-        if opt.tensorboard and not importlib.util.find_spec("tensorboard"):
-            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
         if opt.interpolate or opt.tensorboard:
             self.plots = _optional("plots", "--interpolate and --tensorboard")
-        self.dir = self.resumed["dir"] if self.resumed else None
+        if opt.tensorboard and not importlib.util.find_spec("tensorboard"):  # now, before the run's folder
+            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
         if is_main():
-            self.dir = self.dir or new_folder(Path(opt.out), f"{self.script}_{opt.dataset}")
-            self.lock = lock(self.dir) if self.training else None
+            self.dir = self.resumed["dir"] if opt.resume else new_folder(Path(opt.out), f"{self.script}_{opt.dataset}")
+            self.held.enter_context(lock(self.dir) if self.training else contextlib.nullcontext())
         if GROUP.distributed:
             torch.distributed.broadcast_object_list(shared := [self.dir])
             self.dir = shared[0]
         self.checkpoint_path = self.dir / "checkpoint.pt"
         self.step, self.seconds, self.signalled, self.stopping = 0, 0.0, False, False
         if opt.tensorboard and is_main():
-            self.tensorboard = self.plots.TensorBoard(self.dir / "tensorboard")
+            self.tensorboard = self.held.enter_context(self.plots.TensorBoard(self.dir / "tensorboard"))
 
     @contextlib.contextmanager
     def writing(self, name):
@@ -375,10 +375,12 @@ class Run:
         self.bar = tqdm(steps, initial=start, total=self.opt.n_iters, disable=not is_main())
         try:
             yield from self.bar
-        finally:  # stopped or done: another process may resume the run
+        except BaseException:  # stopped: another process may resume the run
+            self.held.close()
+            raise
+        finally:
             self.bar.close()
             [signal.signal(sig, handler) for sig, handler in previous.items()]
-            self.lock and self.lock.close()
 
     def _signal(self, signum, frame):
         if self.signalled:
@@ -387,8 +389,7 @@ class Run:
         tqdm.write(f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint", file=sys.stderr)
 
     def log(self, step, **values):
-        """A row of metrics.csv, read in one transfer and averaged over torchrun's processes with whether any
-        was signalled. A NaN or Inf stops the run before any checkpoint."""
+        """A row of metrics.csv (averaged over torchrun's processes, in one transfer); a NaN or Inf stops the run."""
         *numbers, signalled = all_mean(torch.stack([torch.as_tensor(v, device=self.device).float()
                                                     for v in [*values.values(), self.signalled]])).tolist()  # fmt: skip
         values = dict(zip(values, numbers))
@@ -444,24 +445,14 @@ class Run:
         self.write("summary.json", json.dumps(dict(summary, samples=grid and f"samples/{grid.name}"), indent=1))
         if is_main() and (plots := _optional("plots", "losses.png and progress.gif", missing_ok=True)):
             plots.save_plots(self.dir)
-        if self.tensorboard:
-            self.tensorboard.close()
+        self.held.close()
         print(f"done: {self.step} generator steps in {self.seconds:.0f}s; samples and checkpoint in {self.dir}")
         return self
 
     def restore(self, state):
-        """Load --resume's checkpoint into `state` and the random generators, drop the rows of the run's CSV
-        files after its step, write config.json (a refused resume writes nothing); returns the step."""
-        for name, obj in state.items() if self.resumed else ():
-            try:
-                obj.copy_(saved) if torch.is_tensor(saved := self.resumed[name]) else unwrap(obj).load_state_dict(saved)
-            except (RuntimeError, ValueError) as error:  # nets of another shape: a flag differs from the run's
-                detail = (str(error).splitlines()[1:] or [str(error)])[0].strip()
-                raise UsageError(f"--resume: the checkpoint's {name} does not fit these flags ({detail})") from None
+        """Resume `state` from --resume's checkpoint, CSV rows after it dropped; write config.json; return the step."""
         if self.resumed:
-            torch.set_rng_state((rng := self.resumed["rng"][GROUP.rank])["cpu"])
-            if self.device.type == "cuda" and rng["cuda"] is not None:
-                torch.cuda.set_rng_state(rng["cuda"])
+            load_state(state, self.resumed, self.device)
             self.step, self.seconds = self.resumed["step"], self.resumed["seconds"]
             if self.opt.n_iters < self.step:
                 raise UsageError(f"--n_iters {self.opt.n_iters}: the run is at step {self.step} already; pass more")
@@ -489,12 +480,12 @@ def new_folder(out, name):
 
 
 def lock(folder):
-    """An OS lock on a run folder while it trains, dropped when its handle closes or the process dies; None
+    """An OS lock on a run folder while it trains (a file, to close), dropped when the process dies too; none
     where there is no such lock (Windows)."""
     try:
         import fcntl
     except ImportError:
-        return None
+        return contextlib.nullcontext()
     try:
         fcntl.flock(handle := open(folder / ".lock", "w"), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -528,6 +519,20 @@ def save_checkpoint(run, step, state):
         torch.distributed.broadcast_object_list(error)
     if error[0]:
         raise error[0]
+
+
+def load_state(state, checkpoint, device):
+    """Each net, optimizer, stream... (a tensor: in place) of `state` and this process's random generators on
+    `device` as `checkpoint` holds them."""
+    for name, obj in state.items():
+        try:
+            obj.copy_(saved) if torch.is_tensor(saved := checkpoint[name]) else unwrap(obj).load_state_dict(saved)
+        except (RuntimeError, ValueError) as error:  # nets of another shape: a flag differs from the run's
+            detail = (str(error).splitlines()[1:] or [str(error)])[0].strip()
+            raise UsageError(f"--resume: the checkpoint's {name} does not fit these flags ({detail})") from None
+    torch.set_rng_state((rng := checkpoint["rng"][GROUP.rank])["cpu"])
+    if device.type == "cuda" and rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"])
 
 
 def load_checkpoint(path):

@@ -223,5 +223,8 @@ class TensorBoard:
     def grid(self, step, images):
         self.writer.add_image("samples", make_grid(images.float().cpu(), normalize=True, value_range=(-1, 1)), step)
 
-    def close(self):
+    def __enter__(self):  # the run closes it at its end, or when it stops
+        return self
+
+    def __exit__(self, *error):
         self.writer.close()

@@ -249,7 +249,7 @@ def test_checkpoint_replaces_whole_keeps_previous_and_restores(tmp_path):
     common.save_checkpoint(run, 2, {"generator": net})
     assert torch.load(run.dir / "checkpoint.prev.pt", weights_only=True)["step"] == 1
     assert not list(run.dir.glob("*.tmp"))
-    run.lock.close()
+    run.held.close()
     opt.resume, fresh = str(run.dir), torch.nn.Linear(2, 2)
     assert common.Run(opt, "dcgan.py", None, CPU).restore({"generator": fresh}) == 2
     assert torch.equal(fresh.weight, net.weight)
@@ -307,7 +307,7 @@ def test_a_checkpoint_from_before_is_one_line(tmp_path):
 def test_resume_mismatch_is_refused(tmp_path):
     run, opt = make_run(tmp_path)
     common.save_checkpoint(run, 1, {})
-    run.lock.close()
+    run.held.close()
     config = (run.dir / "config.json").read_text()
     opt.resume, opt.img_size = str(run.dir), 32
     with pytest.raises(common.UsageError, match="the checkpoint has img_size=16"):
@@ -346,8 +346,8 @@ def test_a_second_training_of_a_live_run_is_refused(tmp_path):
     opt.resume = str(run.dir)
     with pytest.raises(common.UsageError, match="is being trained by another process"):
         common.Run(opt, "dcgan.py", None, CPU)
-    run.lock.close()  # the first run ends (or is killed: the kernel drops its lock)
-    common.Run(opt, "dcgan.py", None, CPU).lock.close()
+    run.held.close()  # the first run ends (or is killed: the kernel drops its lock)
+    common.Run(opt, "dcgan.py", None, CPU).held.close()
 
 
 def test_a_full_disk_while_writing_metrics_is_one_line(tmp_path, monkeypatch):
